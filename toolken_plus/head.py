@@ -1,0 +1,128 @@
+"""ToolkenHead: the only trainable part. One embedding row per tool (W_τ)
+beside the frozen vocabulary head, plus the calibrated logit bias.
+
+On disk it is a tiny self-describing adapter (PEFT-style):
+  toolkens.safetensors   tensors ("toolken.weight", later "rerank.weight")
+  toolken_config.json    backbone identity, tool names + doc hashes, bias, data hash
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+WEIGHTS_NAME = "toolkens.safetensors"
+CONFIG_NAME = "toolken_config.json"
+FORMAT_VERSION = 1
+
+
+def doc_hash(doc: str) -> str:
+    return hashlib.sha256((doc or "").encode()).hexdigest()[:16]
+
+
+class ToolkenHead(nn.Module):
+    def __init__(self, tool_names: list[str], hidden_size: int, *, init_std: float | None = None, seed: int = 0):
+        super().__init__()
+        if len(set(tool_names)) != len(tool_names):
+            raise ValueError(f"duplicate tool names: {tool_names}")
+        self.tool_names = list(tool_names)
+        self.weight = nn.Parameter(torch.empty(len(tool_names), hidden_size))
+        # The logit bias b is not trained (0 in training); it is calibrated on
+        # validation data afterwards and stored with the weights.
+        self.register_buffer("logit_bias", torch.zeros(()))
+        self.reset_parameters(init_std, seed)
+
+    def reset_parameters(self, init_std: float | None = None, seed: int = 0) -> None:
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            if init_std is None:
+                # nn.Linear's default (what ToolkenGPT's func_embed uses).
+                bound = 1.0 / self.weight.shape[1] ** 0.5
+                self.weight.uniform_(-bound, bound, generator=g)
+            else:
+                self.weight.normal_(0.0, init_std, generator=g)
+
+    @property
+    def n_tools(self) -> int:
+        return self.weight.shape[0]
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Raw toolken scores W_τ h (without the bias)."""
+        return hidden @ self.weight.T
+
+    # ------------------------------------------------------------------ io
+    def save(self, out_dir: str | Path, *, backbone=None, tool_docs: dict[str, str] | None = None, extra: dict | None = None) -> None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        tensors = {"toolken.weight": self.weight.detach().float().contiguous()}
+        config = {
+            "format_version": FORMAT_VERSION,
+            "tools": [{"name": n, "doc_hash": doc_hash((tool_docs or {}).get(n, ""))} for n in self.tool_names],
+            "hidden_size": self.weight.shape[1],
+            "logit_bias": float(self.logit_bias),
+        }
+        if backbone is not None:
+            config["backbone"] = {
+                "name": backbone.name,
+                "revision": backbone.revision,
+                "hidden_size": backbone.hidden_size,
+                "vocab_size": backbone.vocab_size,
+            }
+        config.update(extra or {})
+        atomic_write(out / WEIGHTS_NAME, lambda p: save_file(tensors, str(p)))
+        atomic_write(out / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(config, indent=2)))
+
+    @classmethod
+    def load(cls, path: str | Path, *, backbone=None, tool_docs: dict[str, str] | None = None) -> "ToolkenHead":
+        path = Path(path)
+        cfg_file = path / CONFIG_NAME
+        if not cfg_file.is_file():
+            raise FileNotFoundError(f"no {CONFIG_NAME} in {path}: not a toolken checkpoint (the run dir of train.py)")
+        config = json.loads(cfg_file.read_text())
+        names = [t["name"] for t in config["tools"]]
+        head = cls(names, config["hidden_size"])
+        tensors = load_file(str(path / WEIGHTS_NAME))
+        with torch.no_grad():
+            head.weight.copy_(tensors["toolken.weight"])
+            head.logit_bias.fill_(config.get("logit_bias", 0.0))
+        head.config = config
+        if backbone is not None:
+            saved = config.get("backbone", {})
+            if saved and (saved.get("name"), saved.get("revision")) != (backbone.name, backbone.revision):
+                warnings.warn(
+                    f"{path}: toolkens were trained on {saved.get('name')}@{saved.get('revision')}, "
+                    f"loaded on {backbone.name}@{backbone.revision}",
+                    stacklevel=2,
+                )
+            if saved.get("hidden_size", head.weight.shape[1]) != backbone.hidden_size:
+                raise ValueError(f"{path}: hidden size {saved['hidden_size']} != backbone's {backbone.hidden_size}")
+        if tool_docs is not None:
+            for t in config["tools"]:
+                if t["name"] in tool_docs and t["doc_hash"] != doc_hash(tool_docs[t["name"]]):
+                    warnings.warn(f"{path}: the documentation of tool {t['name']!r} changed since training", stacklevel=2)
+        return head
+
+
+def atomic_write(target: Path, write) -> None:
+    """Write via a temp file in the same folder, then rename: readers never see
+    a half-written file, and a crash leaves the previous version intact."""
+    target = Path(target)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

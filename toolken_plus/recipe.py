@@ -1,0 +1,138 @@
+"""The stage-1 training recipe: task data → encodings → feature caches →
+toolken head → calibrated bias → checkpoint + metrics in the run dir.
+
+`train.py` is a thin Hydra wrapper around `TrainToolkensRecipe`; tests and
+notebooks call it directly with a plain dict config.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .backbone import Backbone, build_backbone
+from .cache import build_feature_cache
+from .config import to_dict
+from .encoding import encode_examples, encodings_digest
+from .head import ToolkenHead, atomic_write
+from .loggers import build_logger
+from .taskdata import TaskData, load_task_data
+from .trainer import CachedFeatures, ToolkenTrainer, TrainerConfig, calibrate_head_bias, evaluate_head
+
+log = logging.getLogger(__name__)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class TrainToolkensRecipe:
+    def __init__(self, cfg, run_dir: str | Path, backbone: Backbone | None = None):
+        self.cfg = to_dict(cfg)
+        self.run_dir = Path(run_dir)
+        self.backbone = backbone
+        self.task: TaskData | None = None
+
+    # ---------------------------------------------------------------- setup
+    def setup(self) -> None:
+        cfg = self.cfg
+        seed_everything(int(cfg.get("seed", 0)))
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.task = load_task_data(cfg["task"], cfg["data"])
+        for note in self.task.notes:
+            log.info(note)
+        if not self.task.train:
+            raise ValueError("no training examples (check data.limit_train and the data files)")
+        if self.backbone is None:
+            t0 = time.perf_counter()
+            self.backbone = build_backbone(cfg["model"])
+            log.info("backbone %s loaded in %.1f s", self.backbone.name, time.perf_counter() - t0)
+        tool_index = {n: i for i, n in enumerate(self.task.tool_names)}
+        max_len = int(cfg["data"].get("max_length", 512))
+        tok = self.backbone.tokenizer
+        self.train_enc = encode_examples(tok, self.task.train, tool_index, max_len)
+        self.val_enc = encode_examples(tok, self.task.val, tool_index, max_len)
+        cache_cfg = cfg.get("cache", {})
+        common = dict(dtype=cache_cfg.get("dtype", "float16"),
+                      max_tokens_per_batch=int(cache_cfg.get("max_tokens_per_batch", 4096)),
+                      progress=bool(cfg["trainer"].get("progress", True)))
+        cache_root = Path(cfg["cache_dir"])
+        self.train_cache = build_feature_cache(self.backbone, self.train_enc, cache_root, desc="train features", **common)
+        self.val_cache = build_feature_cache(self.backbone, self.val_enc, cache_root, desc="val features", **common)
+        self.head = ToolkenHead(self.task.tool_names, self.backbone.hidden_size, seed=int(cfg.get("seed", 0)))
+        self.logger = build_logger(cfg.get("logger"), self.run_dir, cfg)
+        tcfg = cfg["trainer"]
+        self.trainer = ToolkenTrainer(
+            self.head,
+            self.train_cache,
+            TrainerConfig(epochs=int(tcfg["epochs"]), lr=float(tcfg["lr"]), batch_size=int(tcfg["batch_size"]),
+                          weight_decay=float(tcfg.get("weight_decay", 0.0)), seed=int(cfg.get("seed", 0)),
+                          progress=bool(tcfg.get("progress", True))),
+            run_dir=self.run_dir,
+            logger=self.logger,
+        )
+
+    # ---------------------------------------------------------------- train
+    def train(self) -> dict:
+        t0 = time.perf_counter()
+        self.trainer.fit()
+        train_seconds = time.perf_counter() - t0
+        val = CachedFeatures(self.val_cache)
+        metrics = {"val_bias0/" + k[4:]: v for k, v in evaluate_head(self.head, val, bias=0.0).items()}
+        grid = tuple(self.cfg.get("calibration", {}).get("grid", (-10.0, 10.0, 0.25)))
+        bias = calibrate_head_bias(self.head, val, grid)
+        metrics.update(evaluate_head(self.head, val))
+        metrics.update({
+            "logit_bias": bias,
+            "epochs": self.trainer.epoch,
+            "train/loss": self.trainer.history[-1]["train/loss"] if self.trainer.history else None,
+            "train/examples": len(self.task.train),
+            "train/positions": len(self.train_cache),
+            "train/gold_calls": int(self.train_cache.meta["n_tool_positions"]),
+            "val/examples": len(self.task.val),
+            "time/train_epochs_s": round(train_seconds, 2),
+            "time/train_cache_build_s": self.train_cache.meta["build_seconds"],
+            "cache/train_tokens_per_s": self.train_cache.meta["tokens_per_second"],
+        })
+        self.logger.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=self.trainer.epoch)
+        self.metrics = metrics
+        return metrics
+
+    # ----------------------------------------------------------------- save
+    def save(self) -> Path:
+        extra = {
+            "task": self.task.name,
+            "data_hash": encodings_digest(self.train_enc)[:16],
+            "train_examples": len(self.task.train),
+            "epochs": self.trainer.epoch,
+        }
+        self.head.save(self.run_dir, backbone=self.backbone, tool_docs=self.task.tool_docs, extra=extra)
+        atomic_write(self.run_dir / "metrics.json", lambda p: Path(p).write_text(json.dumps(self.metrics, indent=2)))
+        self.logger.finish()
+        return self.run_dir
+
+    def run(self) -> dict:
+        self.setup()
+        metrics = self.train()
+        self.save()
+        return metrics
+
+
+def format_metrics_table(metrics: dict, tool_names: list[str], prefix: str = "val/") -> str:
+    """Per-tool precision/recall/F1 as a small text table."""
+    rows = [f"{'tool':<12}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}"]
+    for name in tool_names:
+        rows.append(f"{'<' + name + '>':<12}{metrics[f'{prefix}{name}/precision']:>10.3f}"
+                    f"{metrics[f'{prefix}{name}/recall']:>10.3f}{metrics[f'{prefix}{name}/f1']:>10.3f}"
+                    f"{int(metrics[f'{prefix}{name}/support']):>10d}")
+    rows.append(f"{'all (micro)':<12}{metrics[f'{prefix}precision']:>10.3f}{metrics[f'{prefix}recall']:>10.3f}"
+                f"{metrics[f'{prefix}f1']:>10.3f}{int(metrics[f'{prefix}gold_calls']):>10d}")
+    return "\n".join(rows)

@@ -1,0 +1,59 @@
+"""Task adapters behind one call: config in, tools + examples out."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .tasks.base import Example
+
+
+@dataclass
+class TaskData:
+    name: str
+    tool_names: list[str]
+    tool_docs: dict[str, str]
+    train: list[Example]
+    val: list[Example]
+    notes: list[str] = field(default_factory=list)  # data statistics worth printing
+
+
+def _limit(examples: list, n) -> list:
+    return examples if n is None else examples[: int(n)]
+
+
+def _read_docs(path: Path) -> dict[str, str]:
+    if not path.is_file():
+        raise FileNotFoundError(f"tool documentation file not found: {path} (set data.root or task.doc_file)")
+    raw = json.loads(path.read_text())
+    return {name.strip("<>"): " ".join(v for k, v in d.items() if k in ("overview", "highlevel")) for name, d in raw.items()}
+
+
+def load_gsm8k_xl(task: dict, data: dict) -> TaskData:
+    from .tasks import gsm8k
+
+    root = Path(data["root"])
+    stats = gsm8k.Gsm8kStats()
+    examples = gsm8k.load_gsm8k(root / task["train_file"], stats=stats)
+    train, val = gsm8k.split_train_val(examples, int(task["n_val"]), int(task["split_seed"]))
+    docs = _read_docs(root / task["doc_file"])
+    return TaskData(
+        name=task["name"],
+        tool_names=list(gsm8k.TOOLS),
+        tool_docs={t: docs.get(t, "") for t in gsm8k.TOOLS},
+        train=_limit(train, data.get("limit_train")),
+        val=_limit(val, data.get("limit_eval")),
+        notes=[stats.summary(), f"split: {len(train)} train / {len(val)} validation (held out of GSM8K train, seed {task['split_seed']})"],
+    )
+
+
+TASKS = {"gsm8k_xl": load_gsm8k_xl}
+
+
+def load_task_data(task: dict, data: dict) -> TaskData:
+    try:
+        loader = TASKS[task["name"]]
+    except KeyError:
+        raise ValueError(f"unknown task {task.get('name')!r}; known: {sorted(TASKS)}") from None
+    return loader(task, data)
