@@ -11,8 +11,8 @@ export TRANSFORMERS_OFFLINE := 1
 export WANDB_MODE ?= offline
 export TOKENIZERS_PARALLELISM := false
 
-DEMO_TRAIN ?= 600
-DEMO_EVAL ?= 200
+DEMO_TRAIN ?= 1000
+DEMO_EVAL ?= 250
 
 .PHONY: setup demo test test-slow bench clean
 

@@ -79,3 +79,31 @@ def test_missing_data_file_is_a_clear_error(tmp_path):
     assert proc.returncode != 0
     assert "nodata" in proc.stderr and "train.jsonl" in proc.stderr
     assert "Traceback" not in proc.stderr or "FileNotFoundError" in proc.stderr
+
+
+def _write_jsonl(path, records):
+    import json as _json
+
+    path.write_text("\n".join(_json.dumps(r) for r in records) + "\n")
+
+
+def test_custom_task_trains_on_user_jsonl(tmp_path):
+    text = "Tom has 3 + 4 = 7 apples."
+    s = text.index("7")
+    _write_jsonl(tmp_path / "train.jsonl", [{"text": text, "calls": [{"tool": "add", "start": s, "end": s + 1}]}] * 4)
+    run_dir = tmp_path / "run"
+    proc = _run_train(["task=custom", "model=tiny_random", f"task.train_file={tmp_path / 'train.jsonl'}",
+                       "task.tools={add: 'adds numbers'}", "trainer.epochs=2", "trainer.progress=false",
+                       f"hydra.run.dir={run_dir}"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    saved = json.loads((run_dir / "toolken_config.json").read_text())
+    assert [t["name"] for t in saved["tools"]] == ["add"]
+
+
+def test_unknown_tool_in_user_data_names_file_and_line(tmp_path):
+    _write_jsonl(tmp_path / "train.jsonl", [{"text": "a 1", "calls": []},
+                                            {"text": "b = 2", "calls": [{"tool": "frobnicate", "start": 4, "end": 5}]}])
+    proc = _run_train(["task=custom", "model=tiny_random", f"task.train_file={tmp_path / 'train.jsonl'}",
+                       "task.tools={add: 'adds numbers'}", f"hydra.run.dir={tmp_path / 'r'}"], tmp_path)
+    assert proc.returncode != 0
+    assert "train.jsonl:2" in proc.stderr and "frobnicate" in proc.stderr

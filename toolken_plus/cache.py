@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -66,6 +67,23 @@ class FeatureCache:
         return {name: torch.from_numpy(np.array(getattr(self, name))).to(device) for name in _ARRAYS}
 
 
+class _RowWriter:
+    """Writes rows of a 2-D .npy file at given offsets without mapping it."""
+
+    def __init__(self, path: Path, dtype, shape: tuple[int, int]):
+        header = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)  # header + sized file
+        self.offset = header.offset
+        del header
+        self.row_bytes = shape[1] * np.dtype(dtype).itemsize
+        self.f = open(path, "r+b")
+
+    def write_rows(self, first_row: int, rows: np.ndarray) -> None:
+        os.pwrite(self.f.fileno(), np.ascontiguousarray(rows).tobytes(), self.offset + first_row * self.row_bytes)
+
+    def close(self) -> None:
+        self.f.close()
+
+
 def cache_key(backbone: Backbone, encoded: list[Encoded], dtype: str) -> str:
     h = hashlib.sha256()
     h.update(json.dumps([CACHE_FORMAT, backbone.name, backbone.revision, dtype]).encode())
@@ -109,7 +127,7 @@ def build_feature_cache(
     cache_root: str | Path,
     *,
     dtype: str = "float16",
-    max_tokens_per_batch: int = 4096,
+    max_tokens_per_batch: int = 1024,
     progress: bool = True,
     desc: str = "feature cache",
 ) -> FeatureCache:
@@ -128,12 +146,11 @@ def build_feature_cache(
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=".tmp-"))
     try:
-        arrays = {
-            "h": np.lib.format.open_memmap(tmp / "h.npy", mode="w+", dtype=np_dtype, shape=(n, d)),
-            "logsumexp": np.lib.format.open_memmap(tmp / "logsumexp.npy", mode="w+", dtype=np.float32, shape=(n,)),
-            "gold_logit": np.lib.format.open_memmap(tmp / "gold_logit.npy", mode="w+", dtype=np.float32, shape=(n,)),
-            "max_logit": np.lib.format.open_memmap(tmp / "max_logit.npy", mode="w+", dtype=np.float32, shape=(n,)),
-        }
+        # h goes straight to disk with positioned writes (not a writable
+        # memmap, whose dirty pages would count against the process's RSS);
+        # the per-position scalars are small and stay in RAM until the end.
+        h_writer = _RowWriter(tmp / "h.npy", np_dtype, (n, d))
+        scalars = {name: np.zeros(n, dtype=np.float32) for name in ("logsumexp", "gold_logit", "max_logit")}
         tool_label = np.concatenate([e.tool_label[k] for e, k in zip(encoded, keep)]).astype(np.int16)
         example_index = np.concatenate([np.full(len(k), i, dtype=np.int32) for i, k in enumerate(keep)])
 
@@ -160,17 +177,17 @@ def build_feature_cache(
             for _, i in rows:
                 s, e = starts[i], starts[i + 1]
                 cnt = e - s
-                arrays["h"][s:e] = sel_h[pos : pos + cnt].numpy().astype(np_dtype)
-                arrays["logsumexp"][s:e] = a[pos : pos + cnt].numpy()
-                arrays["gold_logit"][s:e] = g[pos : pos + cnt].numpy()
-                arrays["max_logit"][s:e] = m[pos : pos + cnt].numpy()
+                h_writer.write_rows(s, sel_h[pos : pos + cnt].numpy().astype(np_dtype))
+                scalars["logsumexp"][s:e] = a[pos : pos + cnt].numpy()
+                scalars["gold_logit"][s:e] = g[pos : pos + cnt].numpy()
+                scalars["max_logit"][s:e] = m[pos : pos + cnt].numpy()
                 pos += cnt
             n_tokens += int(mask.sum())
         seconds = time.perf_counter() - t0
 
-        for arr in arrays.values():
-            arr.flush()
-        del arrays
+        h_writer.close()
+        for name, arr in scalars.items():
+            np.save(tmp / f"{name}.npy", arr)
         np.save(tmp / "tool_label.npy", tool_label)
         np.save(tmp / "example_index.npy", example_index)
         meta = {

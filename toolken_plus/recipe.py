@@ -62,11 +62,14 @@ class TrainToolkensRecipe:
         self.val_enc = encode_examples(tok, self.task.val, tool_index, max_len)
         cache_cfg = cfg.get("cache", {})
         common = dict(dtype=cache_cfg.get("dtype", "float16"),
-                      max_tokens_per_batch=int(cache_cfg.get("max_tokens_per_batch", 4096)),
+                      max_tokens_per_batch=int(cache_cfg.get("max_tokens_per_batch", 1024)),
                       progress=bool(cfg["trainer"].get("progress", True)))
         cache_root = Path(cfg["cache_dir"])
         self.train_cache = build_feature_cache(self.backbone, self.train_enc, cache_root, desc="train features", **common)
-        self.val_cache = build_feature_cache(self.backbone, self.val_enc, cache_root, desc="val features", **common)
+        self.val_cache = (build_feature_cache(self.backbone, self.val_enc, cache_root, desc="val features", **common)
+                          if self.val_enc else None)
+        if self.val_cache is None:
+            log.warning("no validation examples: the logit bias stays 0 and no validation metrics are computed")
         self.head = ToolkenHead(self.task.tool_names, self.backbone.hidden_size, seed=int(cfg.get("seed", 0)))
         self.logger = build_logger(cfg.get("logger"), self.run_dir, cfg)
         tcfg = cfg["trainer"]
@@ -85,11 +88,14 @@ class TrainToolkensRecipe:
         t0 = time.perf_counter()
         self.trainer.fit()
         train_seconds = time.perf_counter() - t0
-        val = CachedFeatures(self.val_cache)
-        metrics = {"val_bias0/" + k[4:]: v for k, v in evaluate_head(self.head, val, bias=0.0).items()}
-        grid = tuple(self.cfg.get("calibration", {}).get("grid", (-10.0, 10.0, 0.25)))
-        bias = calibrate_head_bias(self.head, val, grid)
-        metrics.update(evaluate_head(self.head, val))
+        metrics: dict = {}
+        bias = 0.0
+        if self.val_cache is not None:
+            val = CachedFeatures(self.val_cache)
+            metrics = {"val_bias0/" + k[4:]: v for k, v in evaluate_head(self.head, val, bias=0.0).items()}
+            grid = tuple(self.cfg.get("calibration", {}).get("grid", (-10.0, 10.0, 0.25)))
+            bias = calibrate_head_bias(self.head, val, grid)
+            metrics.update(evaluate_head(self.head, val))
         metrics.update({
             "logit_bias": bias,
             "epochs": self.trainer.epoch,

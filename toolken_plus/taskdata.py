@@ -48,7 +48,23 @@ def load_gsm8k_xl(task: dict, data: dict) -> TaskData:
     )
 
 
-TASKS = {"gsm8k_xl": load_gsm8k_xl}
+def load_custom(task: dict, data: dict) -> TaskData:
+    """Your own tools and data: `task=custom task.tools={name: doc, …}
+    task.train_file=train.jsonl task.val_file=val.jsonl` (call-span JSONL,
+    see `tasks.gsm8k.load_call_jsonl`); relative paths are under data.root."""
+    from .tasks.gsm8k import load_call_jsonl
+
+    tools = dict(task.get("tools") or {})
+    if not tools:
+        raise ValueError("task=custom needs task.tools: a mapping of tool name to its documentation")
+    root = Path(data["root"])
+    train = load_call_jsonl(root / task["train_file"], tools, limit=data.get("limit_train"))
+    val = load_call_jsonl(root / task["val_file"], tools, limit=data.get("limit_eval")) if task.get("val_file") else []
+    return TaskData(task["name"], list(tools), tools, train, val,
+                    notes=[f"custom task: {len(train)} train / {len(val)} validation examples, tools {list(tools)}"])
+
+
+TASKS = {"gsm8k_xl": load_gsm8k_xl, "custom": load_custom}
 
 
 def load_task_data(task: dict, data: dict) -> TaskData:

@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 class TrainerConfig:
     epochs: int = 10
     lr: float = 1e-3
-    batch_size: int = 8  # examples per optimiser step
+    batch_size: int = 1  # examples per optimiser step (ToolkenGPT uses 1)
     weight_decay: float = 0.0
     seed: int = 0
     progress: bool = True
