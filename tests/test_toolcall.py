@@ -1,0 +1,220 @@
+"""Strict argument parsing, signature checks and guarded tool calls."""
+
+import inspect
+import math
+import threading
+import time
+
+import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
+
+from toolken_plus.toolcall import (
+    MAX_CHARS,
+    ToolArgumentError,
+    ToolOutcome,
+    call_with_timeout,
+    coerce_arguments,
+    parse_arguments,
+)
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("48, 2", [48, 2]),
+        ("1,000, 2", [1000, 2]),
+        ("1,2", [1, 2]),
+        ("3, 4", [3, 4]),
+        ("1,0000", [1, 0]),  # four digits after the comma: a separator
+        ("12,345,678", [12345678]),
+        ("1,000,000.25, 3", [1000000.25, 3]),
+        ("50%", [0.5]),
+        ("7%, 12.5%", [0.07, 0.125]),
+        ("-3, +4, -0.5", [-3, 4, -0.5]),
+        ("2.5, .5, 5.", [2.5, 0.5, 5.0]),
+        ("$1,200.50", [1200.5]),
+        ("-$5, $-5", [-5, -5]),
+        ("1e5, 2.5E-3", [100000.0, 0.0025]),
+        ('"hello, world"', ["hello, world"]),
+        ("'it\\'s', \"say \\\"hi\\\"\"", ["it's", 'say "hi"']),
+        ("'a\\\\b', 'c\\nd'", ["a\\b", "c\\nd"]),  # only \\ and \<quote> are escapes
+        ("[1, 2]", [[1, 2]]),
+        ("[1, [2, ['x']]], []", [[1, [2, ["x"]]], []]),
+        ("", []),
+        ("  \n ", []),
+        ("  4 ,\t5  ", [4, 5]),
+    ],
+)
+def test_parse_examples(text, expected):
+    assert parse_arguments(text) == expected
+
+
+def test_ints_stay_int_decimals_float():
+    assert [type(v) for v in parse_arguments("3, 3.0, 1e2, 50%")] == [int, float, float, float]
+
+
+@pytest.mark.parametrize(
+    "text, reason",
+    [
+        ("2+3", "'+' at position 1"),
+        ("__import__('os')", "'_' at position 0"),
+        ("open(", "'o' at position 0"),
+        ("(1, 2)", "'(' at position 0"),
+        ("[1, 2", "unclosed '['"),
+        ("1, 2]", "']' at position 4"),
+        ('"abc', "unterminated string"),
+        ("1,,2", "',' at position 2"),
+        ("1, 2,", "expected a value at end of text"),
+        ("2 3", "'3' at position 2"),
+        ("-", "expected digits"),
+        ("1e999", "out of range"),
+        ("x" * (MAX_CHARS + 1), "too long"),
+        (", ".join(["1"] * 65), "too many arguments"),
+        ("[" * 9 + "]" * 9, "nested deeper than 8"),
+        ("٣", "unexpected"),  # non-ASCII digits are not numbers here
+    ],
+)
+def test_parse_rejects(text, reason):
+    with pytest.raises(ToolArgumentError) as info:
+        parse_arguments(text)
+    assert reason in str(info.value)
+
+
+def test_nesting_up_to_eight_is_fine():
+    assert parse_arguments("[" * 8 + "]" * 8) == [[[[[[[[[]]]]]]]]]
+
+
+@given(st.text(max_size=300))
+def test_fuzz_arbitrary_text(text):
+    try:
+        assert isinstance(parse_arguments(text), list)
+    except ToolArgumentError:
+        pass
+
+
+@given(st.text(alphabet="0123456789,. []'\"\\$%+-eE", max_size=80))
+def test_fuzz_literal_alphabet(text):
+    try:
+        assert isinstance(parse_arguments(text), list)
+    except ToolArgumentError:
+        pass
+
+
+numbers = st.one_of(st.integers(), st.floats(allow_nan=False, allow_infinity=False))
+
+
+@given(st.lists(numbers, max_size=64))
+def test_round_trip_repr(values):
+    text = ", ".join(repr(v) for v in values)
+    assume(len(text) <= MAX_CHARS)
+    parsed = parse_arguments(text)
+    assert parsed == values
+    assert [type(v) for v in parsed] == [type(v) for v in values]
+
+
+@given(st.lists(st.integers(min_value=-10**12, max_value=10**12), max_size=20))
+def test_round_trip_thousands_commas(values):
+    assert parse_arguments(", ".join(f"{v:,}" for v in values)) == values
+
+
+# --- coerce_arguments -------------------------------------------------------
+
+
+def two_floats(a: float, b: float) -> float:
+    return a + b
+
+
+def typed(n: int, s: str, xs: list[float], opt: float = 1.0) -> None:
+    pass
+
+
+def varargs(*args: float) -> float:
+    return sum(args)
+
+
+def sig(fn):
+    return inspect.signature(fn)
+
+
+def test_coerce_ok():
+    assert coerce_arguments([1, 2.5], sig(two_floats)) == [1, 2.5]
+    out = coerce_arguments([3.0, "x", [1, 2.5]], sig(typed))
+    assert out == [3, "x", [1, 2.5]] and type(out[0]) is int
+    assert coerce_arguments([1, 2, 3, 4.5], sig(varargs)) == [1, 2, 3, 4.5]
+    assert coerce_arguments(["anything"], None) == ["anything"]
+
+
+@pytest.mark.parametrize(
+    "fn, args, message",
+    [
+        (two_floats, [1, 2, 3], "expected 2 arguments, got 3"),
+        (two_floats, [1], "expected 2 arguments, got 1"),
+        (typed, [1], "expected 3 to 4 arguments, got 1"),
+        (two_floats, [1, "2"], "argument 2: expected float, got str '2'"),
+        (typed, [1.5, "x", []], "argument 1: expected int"),
+        (typed, [1, 2, []], "argument 2: expected str"),
+        (typed, [1, "x", 3], "argument 3: expected list"),
+        (typed, [1, "x", [1, "y"]], "argument 3 item 2: expected float"),
+        (varargs, [1, [2]], "argument 2: expected float"),
+    ],
+)
+def test_coerce_errors(fn, args, message):
+    with pytest.raises(ToolArgumentError) as info:
+        coerce_arguments(args, sig(fn))
+    assert message in str(info.value)
+
+
+def test_coerce_postponed_annotations():
+    def f(a: "int", b: "list[float]"):
+        pass
+
+    assert coerce_arguments([2.0, [1]], sig(f)) == [2, [1]]
+    with pytest.raises(ToolArgumentError):
+        coerce_arguments([2.5, [1]], sig(f))
+
+
+# --- call_with_timeout -------------------------------------------------------
+
+
+def test_call_ok():
+    out = call_with_timeout(two_floats, [1, 2])
+    assert out == ToolOutcome(True, 3, None, out.seconds) and out.seconds >= 0
+
+
+def test_call_exception():
+    out = call_with_timeout(lambda a, b: a / b, [1, 0])
+    assert not out.ok and out.error == "ZeroDivisionError: division by zero"
+
+
+def test_call_wrong_arity_is_an_outcome_too():
+    out = call_with_timeout(two_floats, [1])
+    assert not out.ok and out.error.startswith("TypeError")
+
+
+def test_call_timeout():
+    release = threading.Event()
+
+    def slow():
+        release.wait(0.5)  # sleeps 0.5 s unless the test lets it go
+        return 1
+
+    start = time.perf_counter()
+    out = call_with_timeout(slow, [], timeout=0.05)
+    release.set()
+    assert not out.ok and out.error == "timed out after 0.05 s"
+    assert time.perf_counter() - start < 0.4
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_call_non_finite(bad):
+    out = call_with_timeout(lambda: bad, [])
+    assert not out.ok and out.error == "non-finite result"
+
+
+def test_call_base_exception_is_contained():
+    def leave():
+        raise SystemExit(3)
+
+    out = call_with_timeout(leave, [])
+    assert not out.ok and out.error == "SystemExit: 3"

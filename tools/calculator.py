@@ -1,0 +1,91 @@
+"""The four GSM8K-XL calculator tools, behaving like ToolkenGPT's ``funchub/math.py``.
+
+Each tool folds its arguments left to right (``subtract(10, 3, 2)`` is
+``10 - 3 - 2``) and returns the result as *text*, because that text is written
+back into the generation: ``<add>(1340, 635)=1975``.  The text follows
+ToolkenGPT's ``normalize``: round with :func:`toolkengpt_round`, drop trailing
+zeros and a trailing dot, never scientific notation.  Two deliberate departures
+from its code: ``-0`` prints as ``0``, and large floats are expanded exactly
+(ToolkenGPT strips zeros from ``"2.5e+20"`` before expanding it and prints 250).
+
+The tools want at least two numbers; ToolkenGPT would also accept one.  Errors
+(division by zero, overflow, too few numbers) raise; the caller runs tools
+through ``toolken_plus.toolcall.call_with_timeout``, which records them.
+"""
+
+import math
+import operator
+from decimal import Decimal
+from functools import reduce
+
+
+def toolkengpt_round(x: float, places: int = 2) -> float:
+    """Round like ToolkenGPT's ``custom_round``: to ``places`` decimals, except that a
+    number whose 10-decimal text starts ``0.0`` keeps two significant digits
+    (0.0333 -> 0.033, 0.00000233 -> 0.0000023).  Because the test is on that text,
+    negative numbers (``-0.0…``) always get plain rounding, as in ToolkenGPT."""
+    if isinstance(x, int):
+        return x  # rounding is the identity; formatting a huge int as float would overflow
+    if not math.isfinite(x):
+        raise ValueError("non-finite result")
+    text = f"{x:.10f}"
+    if text.startswith("0.0"):
+        zeros = len(text) - 2 - len(text[2:].lstrip("0"))
+        return round(x, zeros + 2)
+    return round(x, places)
+
+
+def format_number(x: float) -> str:
+    """The text ToolkenGPT writes back for a result: 2 decimals (see
+    :func:`toolkengpt_round`), no trailing zeros, integral values without a dot,
+    no exponent.  ``format_number(10.0) == "10"``, ``format_number(1/3) == "0.33"``."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        raise TypeError(f"expected a number, got {type(x).__name__}")
+    x = toolkengpt_round(x)
+    if isinstance(x, int):
+        return str(x)
+    # repr gives the shortest digits that round-trip; Decimal prints them without an exponent
+    text = format(Decimal(repr(x)), "f")
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return "0" if text == "-0" else text
+
+
+def _numbers(name: str, args: tuple) -> tuple:
+    if len(args) < 2:
+        raise TypeError(f"{name} takes at least 2 numbers, got {len(args)}")
+    for a in args:
+        if isinstance(a, bool) or not isinstance(a, (int, float)):
+            raise TypeError(f"{name} takes numbers, got {type(a).__name__}")
+    return args
+
+
+def add(*args: float) -> str:
+    """Add two or more numbers X, Y, ... and return their sum X+Y+...
+    Example: add(251, 117) = 368. The result is rounded to 2 decimals."""
+    return format_number(reduce(operator.add, _numbers("add", args)))
+
+
+def subtract(*args: float) -> str:
+    """Subtract the later numbers from the first and return the difference X-Y-...
+    Example: subtract(311, 226) = 85. The result is rounded to 2 decimals."""
+    return format_number(reduce(operator.sub, _numbers("subtract", args)))
+
+
+def multiply(*args: float) -> str:
+    """Multiply two or more numbers X, Y, ... and return their product X*Y*...
+    Example: multiply(280, 457) = 127960. The result is rounded to 2 decimals."""
+    return format_number(reduce(operator.mul, _numbers("multiply", args)))
+
+
+def divide(*args: float) -> str:
+    """Divide the first number by the later ones and return the ratio X/Y/...
+    Example: divide(2356, 4) = 589. The result is rounded to 2 decimals."""
+    return format_number(reduce(operator.truediv, _numbers("divide", args)))
+
+
+# ToolkenGPT's order: toolken ids 0..3 in its gsm8k-xl func_dict.json
+TOOLS = {"add": add, "subtract": subtract, "multiply": multiply, "divide": divide}
+
+# Few-shot demos for tool mode, in the data's gsm8k-xl/template/ folder (not copied here)
+DEMO_FILES = {name: f"llama_{name}.txt" for name in TOOLS}
