@@ -38,7 +38,7 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
 
     backbone = build_backbone(MODELS[args.model])
-    task = load_task_data({"name": "gsm8k_xl", "train_file": "gsm8k/train.jsonl", "doc_file": "gsm8k-xl/tecton_doc_dict.json",
+    task = load_task_data({"name": "gsm8k_xl", "train_file": "gsm8k/train.jsonl",
                            "n_val": 500, "split_seed": 0}, {"root": args.data_root, "limit_train": args.limit})
     encoded = encode_examples(backbone.tokenizer, task.train, {t: i for i, t in enumerate(task.tool_names)}, 512)
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20

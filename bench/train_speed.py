@@ -120,7 +120,7 @@ def main(argv=None) -> None:
     backbone = build_backbone(MODELS[args.model])  # again: the conversion cache and imports are warm now
     print(f"backbone {backbone.name}: first load {first_load:.2f} s (incl. imports / one-time GGUF conversion), "
           f"reload {time.perf_counter() - t0:.2f} s; {torch.get_num_threads()} threads")
-    task = load_task_data({"name": "gsm8k_xl", "train_file": "gsm8k/train.jsonl", "doc_file": "gsm8k-xl/tecton_doc_dict.json",
+    task = load_task_data({"name": "gsm8k_xl", "train_file": "gsm8k/train.jsonl",
                            "n_val": 500, "split_seed": 0},
                           {"root": args.data_root, "limit_train": args.n_train, "limit_eval": args.n_val})
     index = {t: i for i, t in enumerate(task.tool_names)}

@@ -66,7 +66,32 @@ class Backbone:
             # transformers 5 renamed the KV-cache argument `past_key_values` → `cache`.
             kwargs[_kv_cache_arg(body)] = past_key_values
         out = body(input_ids=input_ids, attention_mask=attention_mask, use_cache=use_cache, **kwargs)
-        return out.last_hidden_state, (out.past_key_values if use_cache else None)
+        return out.last_hidden_state, (_output_cache(out) if use_cache else None)
+
+    def step(self, input_ids, attention_mask, position_ids, cache):
+        """One decoding step for a (left-padded) batch: hidden states and the grown cache."""
+        body = self.model.get_decoder()
+        out = body(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                   use_cache=True, **{_kv_cache_arg(body): cache})
+        return out.last_hidden_state, _output_cache(out)
+
+    def make_cache(self, layers: list[tuple]):
+        """A KV cache object from per-layer (keys, values) tensors [B, heads, T, dim]."""
+        from transformers.cache_utils import DynamicCache
+
+        return DynamicCache(ddp_cache_data=layers, config=self.model.config)
+
+
+def cache_layers(cache) -> list[tuple]:
+    """Per-layer (keys, values) tensors of a KV cache (transformers 4.5x and 5.x)."""
+    if hasattr(cache, "layers"):
+        return [(layer.keys, layer.values) for layer in cache.layers]
+    return [(cache.key_cache[i], cache.value_cache[i]) for i in range(len(cache.key_cache))]
+
+
+def _output_cache(out):
+    # transformers 5 calls the returned KV cache `cache`; 4.x `past_key_values`.
+    return out["cache"] if "cache" in out else out["past_key_values"]
 
 
 def _kv_cache_arg(module: nn.Module) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,13 +22,6 @@ def _limit(examples: list, n) -> list:
     return examples if n is None else examples[: int(n)]
 
 
-def _read_docs(path: Path) -> dict[str, str]:
-    if not path.is_file():
-        raise FileNotFoundError(f"tool documentation file not found: {path} (set data.root or task.doc_file)")
-    raw = json.loads(path.read_text())
-    return {name.strip("<>"): " ".join(v for k, v in d.items() if k in ("overview", "highlevel")) for name, d in raw.items()}
-
-
 def load_gsm8k_xl(task: dict, data: dict) -> TaskData:
     from .tasks import gsm8k
 
@@ -37,7 +29,9 @@ def load_gsm8k_xl(task: dict, data: dict) -> TaskData:
     stats = gsm8k.Gsm8kStats()
     examples = gsm8k.load_gsm8k(root / task["train_file"], stats=stats)
     train, val = gsm8k.split_train_val(examples, int(task["n_val"]), int(task["split_seed"]))
-    docs = _read_docs(root / task["doc_file"])
+    from .registry import calculator_tools
+
+    docs = {name: tool.doc for name, tool in calculator_tools(root).items()}
     return TaskData(
         name=task["name"],
         tool_names=list(gsm8k.TOOLS),

@@ -423,8 +423,30 @@ def load_gsm8k_xl_test(path: str | os.PathLike[str], limit: int | None = None) -
     for index, record in enumerate(read_json_or_jsonl(path)[:limit]):
         _require_fields(path, index, record, ("question", "enhanced_result"))
         question = _fill_placeholders(path, index, record)
-        items.append({"id": f"gsm8k-xl-test-{index}", "question": question, "label": float(record["enhanced_result"])})
+        items.append({"id": f"gsm8k-xl-test-{index}", "question": question, "label": float(record["enhanced_result"]),
+                      "reference_tools": reference_tools(record.get("enhanced_process") or record.get("reasoning_process") or [])})
     return items
+
+
+_OPERATOR_TOOL = {"+": "add", "-": "subtract", "*": "multiply", "/": "divide"}
+
+
+def reference_tools(process: list[str]) -> list[str]:
+    """Tools the reference solution uses: one entry per operator kind per step
+    (`"4096-27-64 = 4005.0"` → `["subtract"]`, `"3*4+2 = 14"` → `["multiply", "add"]`).
+    A `-` at the start of an operand is a sign, not a subtraction."""
+    tools: list[str] = []
+    for step in process:
+        lhs = str(step).split("=")[0]
+        seen: list[str] = []
+        prev = ""
+        for ch in lhs.replace(" ", ""):
+            if ch in _OPERATOR_TOOL and not (ch == "-" and (prev == "" or prev in "+-*/(")):
+                if _OPERATOR_TOOL[ch] not in seen:
+                    seen.append(_OPERATOR_TOOL[ch])
+            prev = ch
+        tools.extend(seen)
+    return tools
 
 
 def _parse_tecton_call(path: Path, index: int, calc: str) -> tuple[str, tuple, str]:

@@ -1,0 +1,109 @@
+"""The agent loop on a tiny random backbone: batching, tool mode, failures."""
+
+import pytest
+import torch
+
+from toolken_plus.agent import Agent, AgentConfig, _closing_paren, _stop_at
+from toolken_plus.head import ToolkenHead
+from toolken_plus.prompts import FewShotPrompt
+from toolken_plus.registry import calculator_tools
+
+QUESTIONS = ["Tom has 3 apples and buys 4 more. How many?", "A car drives 60 miles per hour for 2 hours.",
+             "Sam had 10 cookies and ate 3.", "What is 5 times 6?", "Zoe splits 12 pens among 4 kids."]
+
+
+@pytest.fixture(scope="module")
+def tools(data_root):
+    return calculator_tools(data_root)
+
+
+@pytest.fixture(scope="module")
+def prompt(data_root):
+    return FewShotPrompt.from_file(data_root / "gsm8k-xl" / "template" / "llama_general.txt")
+
+
+def _agent(backbone, tools, prompt, **cfg):
+    head = ToolkenHead(list(tools), backbone.hidden_size, seed=0)
+    return Agent(backbone, head, tools, prompt, AgentConfig(progress=False, **{"max_new_tokens": 20, **cfg}))
+
+
+@pytest.mark.parametrize("bias", [float("-inf"), 4.0])
+def test_batched_decoding_equals_one_by_one(tiny_backbone, tools, prompt, bias):
+    agent = _agent(tiny_backbone, tools, prompt, logit_bias=bias, batch_size=3, max_arg_tokens=6)
+    batched = agent.run_batch(QUESTIONS)
+    single = [agent.run(q) for q in QUESTIONS]
+    assert [r.trace for r in batched] == [r.trace for r in single]
+    assert [len(r.calls) for r in batched] == [len(r.calls) for r in single]
+    if bias > 0:
+        assert sum(len(r.calls) for r in batched) > 0
+
+
+def test_no_tools_setting_never_calls(tiny_backbone, tools, prompt):
+    agent = _agent(tiny_backbone, tools, prompt, use_tools=False, logit_bias=100.0, batch_size=2)
+    assert all(not r.calls for r in agent.run_batch(QUESTIONS[:3]))
+
+
+def test_agent_matches_plain_greedy_decoding_when_tools_are_off(tiny_backbone, tools, prompt):
+    """With toolkens disabled the loop is plain greedy decoding of the prompt."""
+    agent = _agent(tiny_backbone, tools, prompt, use_tools=False, max_new_tokens=12)
+    res = agent.run(QUESTIONS[0])
+    text = prompt.render(QUESTIONS[0])
+    ids = torch.tensor([tiny_backbone.tokenizer(prompt.prefix, add_special_tokens=False)["input_ids"]
+                        + tiny_backbone.tokenizer(prompt.question_part(QUESTIONS[0]), add_special_tokens=False)["input_ids"]])
+    out = tiny_backbone.model.generate(ids, max_new_tokens=res.new_tokens, do_sample=False,
+                                       attention_mask=torch.ones_like(ids), pad_token_id=tiny_backbone.tokenizer.pad_token_id)
+    assert text.endswith("Answer:")
+    assert tiny_backbone.tokenizer.decode(out[0, ids.shape[1]:]).startswith(res.generation)
+
+
+def test_failed_calls_are_recorded_and_the_run_goes_on(tiny_backbone, tools, prompt):
+    agent = _agent(tiny_backbone, tools, prompt, logit_bias=50.0, batch_size=2, max_arg_tokens=4, max_calls=3)
+    results = agent.run_batch(QUESTIONS[:2])
+    for r in results:
+        assert len(r.calls) == 3  # the cap on calls per question
+        assert all(c.error for c in r.calls)  # a random model writes no valid arguments
+        assert r.finish_reason in {"length", "eos", "answer"}
+
+
+
+
+def test_a_successful_call_writes_its_result_into_the_text(tiny_backbone, tools, prompt, monkeypatch):
+    agent = _agent(tiny_backbone, tools, prompt, logit_bias=-1e9, batch_size=1, max_new_tokens=6)
+    script = tiny_backbone.tokenizer("3, 4)", add_special_tokens=False)["input_ids"]
+    state = {"calls": 0}
+    real_next, real_choose = agent._next_token, agent.choose_tool
+
+    def choose_tool(row, vocab, scores):  # trigger <add> once, at the third reasoning token
+        if row.mode == "reason" and row.new_tokens == 2 and not row.calls and state["calls"] == 0:
+            state["calls"] += 1
+            return tools["add"]
+        return None
+
+    def next_token(row, slot, batch, vocab, scores):
+        token = real_next(row, slot, batch, vocab, scores)
+        if row.mode == "tool":
+            return script[len(row.arg_ids)]
+        return token
+
+    monkeypatch.setattr(agent, "choose_tool", choose_tool)
+    monkeypatch.setattr(agent, "_next_token", next_token)
+    res = agent.run(QUESTIONS[0])
+    (call,) = res.calls
+    assert (call.tool, call.args, call.result, call.error) == ("add", [3, 4], "7", None)
+    assert res.generation[call.at_char:].startswith("7")
+    assert "<add>(3, 4)=7" in res.trace and "<add>" not in res.generation
+
+
+def test_helpers():
+    assert _closing_paren("3, 4) and") == 4
+    assert _closing_paren("[1, (2)], 'a)b')") == 15
+    assert _closing_paren("3, 4") is None
+    assert _stop_at(" so 3 + 4 = 7. #### 7\n") == len(" so 3 + 4 = 7. #### 7")
+    assert _stop_at(" #### 7") is None  # the number may still grow
+    assert _stop_at(" done. Question: next") == len(" done. ")
+
+
+def test_toolkens_need_implementations(tiny_backbone, prompt):
+    head = ToolkenHead(["add", "teleport"], tiny_backbone.hidden_size)
+    with pytest.raises(ValueError, match="teleport"):
+        Agent(tiny_backbone, head, {}, prompt)

