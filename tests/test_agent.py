@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from toolken_plus.agent import Agent, AgentConfig, _closing_paren, _stop_at
+from toolken_plus.backbone import cache_layers
 from toolken_plus.head import ToolkenHead
 from toolken_plus.prompts import FewShotPrompt
 from toolken_plus.registry import calculator_tools
@@ -71,7 +72,6 @@ def test_a_successful_call_writes_its_result_into_the_text(tiny_backbone, tools,
     agent = _agent(tiny_backbone, tools, prompt, logit_bias=-1e9, batch_size=1, max_new_tokens=6)
     script = tiny_backbone.tokenizer("3, 4)", add_special_tokens=False)["input_ids"]
     state = {"calls": 0}
-    real_next, real_choose = agent._next_token, agent.choose_tool
 
     def choose_tool(row, vocab, scores):  # trigger <add> once, at the third reasoning token
         if row.mode == "reason" and row.new_tokens == 2 and not row.calls and state["calls"] == 0:
@@ -79,14 +79,11 @@ def test_a_successful_call_writes_its_result_into_the_text(tiny_backbone, tools,
             return tools["add"]
         return None
 
-    def next_token(row, slot, batch, vocab, scores):
-        token = real_next(row, slot, batch, vocab, scores)
-        if row.mode == "tool":
-            return script[len(row.arg_ids)]
-        return token
+    def tool_mode_token(row, vocab):  # the "model" types the arguments
+        return script[len(row.arg_ids)]
 
     monkeypatch.setattr(agent, "choose_tool", choose_tool)
-    monkeypatch.setattr(agent, "_next_token", next_token)
+    monkeypatch.setattr(agent, "tool_mode_token", tool_mode_token)
     res = agent.run(QUESTIONS[0])
     (call,) = res.calls
     assert (call.tool, call.args, call.result, call.error) == ("add", [3, 4], "7", None)
@@ -107,3 +104,22 @@ def test_toolkens_need_implementations(tiny_backbone, prompt):
     head = ToolkenHead(["add", "teleport"], tiny_backbone.hidden_size)
     with pytest.raises(ValueError, match="teleport"):
         Agent(tiny_backbone, head, {}, prompt)
+
+
+def test_batched_prefill_equals_separate_prefills(tiny_backbone, tools, prompt):
+    agent = _agent(tiny_backbone, tools, prompt)
+    tok = tiny_backbone.tokenizer
+    base_ids = [tok("Question: one two three", add_special_tokens=False)["input_ids"],
+                tok("Q: a much longer base context with more tokens in it", add_special_tokens=False)["input_ids"]]
+    new_ids = [tok(" and 3 + 4", add_special_tokens=False)["input_ids"], tok(" =", add_special_tokens=False)["input_ids"]]
+    jobs = []
+    for b, _ in zip(base_ids, new_ids):
+        _, cache = tiny_backbone.final_hidden(torch.tensor([b]), use_cache=True)
+        jobs.append(([(k.clone(), v.clone()) for k, v in cache_layers(cache)], len(b)))
+    together = agent._prefill_many([(l, n, new) for (l, n), new in zip(jobs, new_ids)])
+    for i, ((l, n), new, (out_layers, out_n, out_h)) in enumerate(zip(jobs, new_ids, together)):
+        (alone_layers, alone_n, alone_h), = agent._prefill_many([(l, n, new)])
+        full, _ = tiny_backbone.final_hidden(torch.tensor([base_ids[i] + new]))
+        assert out_n == alone_n == n + len(new)
+        assert torch.allclose(out_h, alone_h, atol=1e-5) and torch.allclose(out_h, full[0, -1], atol=1e-5)
+        assert torch.allclose(out_layers[0][0], alone_layers[0][0], atol=1e-5)

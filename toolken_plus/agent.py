@@ -213,34 +213,71 @@ class Agent:
         return self._prefix_cache[key]
 
     @torch.no_grad()
-    def _prefill(self, layers, n: int, ids: list[int]):
-        """Extend a (copied) batch-1 KV cache by `ids`: (layers, length, last hidden)."""
-        cache = self.backbone.make_cache([(k.clone(), v.clone()) for k, v in layers]) if layers else None
-        if not ids:
-            raise ValueError("nothing to prefill")
-        hidden, cache = self.backbone.final_hidden(torch.tensor([ids]), past_key_values=cache, use_cache=True)
-        return cache_layers(cache), n + len(ids), hidden[0, -1]
+    def _prefill_many(self, jobs: list[tuple]) -> list[tuple]:
+        """Extend several batch-1 KV caches at once: jobs of (layers, n, ids) →
+        (layers, n + len(ids), last hidden) each, in one padded forward.
 
-    def _start_row(self, row: _Row):
-        layers, n = self._prefix("reason", self.prompt.prefix)
-        return self._prefill(layers, n, self._encode(self.prompt.question_part(row.question)))
+        Row i is laid out as [pad | its n cached | pad | its new ids], so
+        every row's last position is its last new token; padding is masked
+        and positions are given explicitly, so the result equals a separate
+        forward per row."""
+        P = max(n for _, n, _ in jobs)
+        S = max(len(ids) for _, _, ids in jobs)
+        R = len(jobs)
+        ref = jobs[0][0]
+        layers = [(k.new_zeros((R, k.shape[1], P, k.shape[3])), v.new_zeros((R, v.shape[1], P, v.shape[3]))) for k, v in ref]
+        mask = torch.zeros(R, P + S, dtype=torch.long)
+        ids = torch.full((R, S), self.tok.pad_token_id, dtype=torch.long)
+        pos = torch.zeros(R, S, dtype=torch.long)
+        for i, (base, n, new) in enumerate(jobs):
+            for (k, v), (bk, bv) in zip(layers, base):
+                k[i, :, P - n :] = bk[0]
+                v[i, :, P - n :] = bv[0]
+            mask[i, P - n : P] = 1
+            mask[i, P + S - len(new) :] = 1
+            ids[i, S - len(new) :] = torch.tensor(new)
+            pos[i, S - len(new) :] = torch.arange(n, n + len(new))
+        hidden, cache = self.backbone.step(ids, mask, pos, self.backbone.make_cache(layers))
+        out = []
+        for i, (_, n, new) in enumerate(jobs):
+            row_layers = [(torch.cat([k[i : i + 1, :, P - n : P], k[i : i + 1, :, P + S - len(new) :]], 2),
+                           torch.cat([v[i : i + 1, :, P - n : P], v[i : i + 1, :, P + S - len(new) :]], 2))
+                          for k, v in cache_layers(cache)]
+            out.append((row_layers, n + len(new), hidden[i, -1]))
+        return out
 
-    def _enter_tool_mode(self, row: _Row, tool: Tool, batch: _BatchCache, slot: int) -> None:
-        row.commit()
-        row.saved = (*batch.get_row(slot), row.hidden)
-        demo = tool.demo_prompt or self.prompt
-        layers, n = self._prefix(f"tool:{tool.name}", demo.prefix)
-        text = demo.question_part(row.question) + row.trace_text + f"{tool.display}("
-        layers, n, row.hidden = self._prefill(layers, n, self._encode(text))
-        batch.set_row(slot, layers, n)
-        row.mode, row.tool, row.arg_ids = "tool", tool, []
+    def _switch(self, requests: list[tuple], rows: list, batch: _BatchCache) -> list[int]:
+        """Carry out context switches, prefilling all of them together.
 
-    def _leave_tool_mode(self, row: _Row, batch: _BatchCache, slot: int, result_text: str | None) -> None:
-        layers, n, hidden = row.saved
-        if result_text:
-            layers, n, hidden = self._prefill(layers, n, self._encode(result_text))
-        batch.set_row(slot, layers, n)
-        row.hidden, row.saved, row.mode, row.tool = hidden, None, "reason", None
+        requests: (slot, "start" | "enter" | "leave", tool or result text).
+        Returns the slots whose rows now need a decision on their new state."""
+        jobs, owners = [], []
+        for slot, kind, what in requests:
+            row = rows[slot]
+            if kind == "start":
+                layers, n = self._prefix("reason", self.prompt.prefix)
+                jobs.append((layers, n, self._encode(self.prompt.question_part(row.question))))
+            elif kind == "enter":
+                row.commit()
+                row.saved = (*batch.get_row(slot), row.hidden)
+                demo = what.demo_prompt or self.prompt
+                layers, n = self._prefix(f"tool:{what.name}", demo.prefix)
+                jobs.append((layers, n, self._encode(demo.question_part(row.question) + row.trace_text + f"{what.display}(")))
+                row.mode, row.tool, row.arg_ids = "tool", what, []
+            else:  # leave tool mode, with the result text (or None after a failure)
+                layers, n, hidden = row.saved
+                row.saved, row.mode, row.tool = None, "reason", None
+                if not what:
+                    batch.set_row(slot, layers, n)
+                    row.hidden = hidden
+                    continue
+                jobs.append((layers, n, self._encode(what)))
+            owners.append(slot)
+        if jobs:
+            for slot, (layers, n, hidden) in zip(owners, self._prefill_many(jobs)):
+                batch.set_row(slot, layers, n)
+                rows[slot].hidden = hidden
+        return [slot for slot, _, _ in requests]
 
     def _run_tool(self, row: _Row, args_text: str) -> ToolCallRecord:
         rec = ToolCallRecord(tool=row.tool.name, args_text=args_text, at_char=len(row.reason_text))
@@ -279,22 +316,14 @@ class Agent:
             return self.tools[self.head.tool_names[best]]
         return None
 
-    def _next_token(self, row: _Row, slot: int, batch: _BatchCache, vocab: torch.Tensor, tools) -> int:
-        """Resolve mode switches for a row and return the token it appends."""
-        for _ in range(3):  # enter tool mode → finish a call → maybe enter again
-            if row.mode == "reason":
-                tool = self.choose_tool(row, vocab, tools)
-                if tool is None:
-                    return int(vocab.argmax())
-                self._enter_tool_mode(row, tool, batch, slot)
-                vocab, tools = self._logits(row.hidden)
-                continue
-            # tool mode: decode arguments over the vocabulary only
-            return int(vocab.argmax())
-        return int(vocab.argmax())
+    def tool_mode_token(self, row: _Row, vocab_logits: torch.Tensor) -> int:
+        """Tool mode decodes arguments over the vocabulary only."""
+        return int(vocab_logits.argmax())
 
-    def _after_tool_token(self, row: _Row, slot: int, batch: _BatchCache, token: int) -> bool:
-        """Append a tool-mode token; on `)` run the call and go back. True if it left tool mode."""
+    def _after_tool_token(self, row: _Row, token: int) -> str | None | bool:
+        """Append a tool-mode token. On `)` (or giving up) run the call and
+        return the result text to write back (None after a failure); False
+        while the arguments are still being written."""
         row.arg_ids.append(token)
         text = self.tok.decode(row.arg_ids)
         close = _closing_paren(text)
@@ -312,8 +341,7 @@ class Agent:
             row.trace_text += f"{row.tool.display}({rec.args_text})={rec.result}"
         else:
             row.reject_next = True  # a failed call is handled like a Reject for this step
-        self._leave_tool_mode(row, batch, slot, rec.result)
-        return True
+        return rec.result
 
     def _append_reason_token(self, row: _Row, token: int) -> bool:
         """Append a reasoning token; True when the answer is complete."""
@@ -351,14 +379,13 @@ class Agent:
         show = self.cfg.progress if progress is None else progress
         bar = tqdm(total=len(questions), desc="agent", unit="q", disable=not show)
 
-        def refill(slot: int) -> None:
+        def next_question(slot: int) -> list[tuple]:
             rows[slot] = None
-            if queue:
-                i = queue.pop()
-                row = _Row(i, questions[i])
-                layers, n, row.hidden = self._start_row(row)
-                batch.set_row(slot, layers, n)
-                rows[slot] = row
+            if not queue:
+                return []
+            i = queue.pop()
+            rows[slot] = _Row(i, questions[i])
+            return [(slot, "start", None)]
 
         def finish(row: _Row) -> None:
             row.commit()
@@ -366,44 +393,53 @@ class Agent:
                                               extract_answer(row.reason_text), row.finish_reason, row.new_tokens)
             bar.update(1)
 
-        for slot in range(width):
-            refill(slot)
+        undecided = self._switch([r for slot in range(width) for r in next_question(slot)], rows, batch)
+        tokens = torch.full((width,), self.tok.pad_token_id, dtype=torch.long)
         while any(r is not None for r in rows):
-            hidden = torch.stack([r.hidden if r is not None else torch.zeros(self.backbone.hidden_size) for r in rows])
-            vocab_all, tools_all = self._logits(hidden)
-            tokens = torch.full((len(rows),), self.tok.pad_token_id, dtype=torch.long)
-            for slot, row in enumerate(rows):
-                while row is not None:
-                    token = self._next_token(row, slot, batch, vocab_all[slot], None if tools_all is None else tools_all[slot])
-                    if row.mode == "tool":
-                        tokens[slot] = token
-                        break
-                    tokens[slot] = token
-                    if self._append_reason_token(row, token):
-                        finish(row)
-                        refill(slot)
-                        row = rows[slot]
-                        if row is not None:  # a fresh question: decide its first token now
-                            vocab_all[slot], t = self._logits(row.hidden)
-                            if tools_all is not None:
-                                tools_all[slot] = t
-                        continue
+            # 1. Every row picks its next token; rows that switch context are
+            #    prefilled together and then decide again on their new state.
+            for _ in range(8):
+                if not undecided:
                     break
+                live = [s for s in undecided if rows[s] is not None]
+                if not live:
+                    break
+                vocab, tools = self._logits(torch.stack([rows[s].hidden for s in live]))
+                requests = []
+                for j, slot in enumerate(live):
+                    row = rows[slot]
+                    if row.mode == "tool":
+                        tokens[slot] = self.tool_mode_token(row, vocab[j])
+                        continue
+                    tool = self.choose_tool(row, vocab[j], None if tools is None else tools[j])
+                    if tool is not None:
+                        requests.append((slot, "enter", tool))
+                        continue
+                    tokens[slot] = int(vocab[j].argmax())
+                    if self._append_reason_token(row, int(tokens[slot])):
+                        finish(row)
+                        requests += next_question(slot)
+                undecided = self._switch(requests, rows, batch)
             active = [s for s, r in enumerate(rows) if r is not None]
             if not active:
                 break
-            if len(active) <= len(rows) // 2 and not queue:
+            if len(active) <= len(rows) // 2 and not queue:  # the tail: stop computing empty rows
                 batch.keep(active)
                 rows = [rows[s] for s in active]
                 tokens = tokens[active]
-            new_hidden = batch.step(tokens)
+            # 2. One forward step appends the chosen token to every row.
+            hidden = batch.step(tokens)
+            requests = []
             for slot, row in enumerate(rows):
                 if row is None:
                     continue
-                row.hidden = new_hidden[slot]
+                row.hidden = hidden[slot]
                 if row.mode == "tool":
-                    # on `)` this runs the call and restores the reasoning context (and row.hidden)
-                    self._after_tool_token(row, slot, batch, int(tokens[slot]))
+                    result = self._after_tool_token(row, int(tokens[slot]))
+                    if result is not False:  # the call ran: back to reasoning, with its result
+                        requests.append((slot, "leave", result))
+            undecided = [s for s, r in enumerate(rows) if r is not None]
+            self._switch(requests, rows, batch)
         bar.close()
         return results
 

@@ -1,0 +1,31 @@
+"""The real default backbone end to end (slow: `make test-slow`)."""
+
+import pytest
+
+from toolken_plus.infer_recipe import load_agent
+from toolken_plus.recipe import TrainToolkensRecipe
+
+from test_train_entrypoint import _compose
+
+pytestmark = pytest.mark.slow
+
+
+def test_smollm2_trains_toolkens_and_calls_real_tools(tmp_path, data_root):
+    cfg = _compose(["experiment=gsm8k_xl", "data.limit_train=40", "data.limit_eval=40", "trainer.progress=false",
+                    f"data.root={data_root}", f"cache_dir={tmp_path / 'cache'}"])
+    recipe = TrainToolkensRecipe(cfg, tmp_path / "run")
+    metrics = recipe.run()
+    assert metrics["val/f1"] > 0.5  # measured ~0.78 on this subset
+    agent = load_agent(tmp_path / "run", backbone=recipe.backbone, data_root=data_root, batch_size=3, max_new_tokens=80)
+    results = agent.run_batch([
+        "A robe takes 8 bolts of blue fiber and half that much white fiber. How many bolts in total does it take?",
+        "Tom has 4096 apples and gives away 27. How many apples does he have left?",
+        "A shop sells 125 pens at $8 each. How much money does it make?",
+    ])
+    calls = [c for r in results for c in r.calls]
+    assert calls and any(c.result is not None for c in calls)
+    for r in results:
+        for c in r.calls:
+            if c.result is not None:
+                assert r.generation[c.at_char:].startswith(c.result)
+                assert f"<{c.tool}>(" in r.trace
