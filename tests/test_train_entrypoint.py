@@ -1,9 +1,6 @@
 """train.py end to end on a tiny random backbone, and its config contract."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -11,7 +8,7 @@ from hydra import compose, initialize_config_dir
 from toolken_plus.config import CONFIG_DIR
 from toolken_plus.recipe import TrainToolkensRecipe
 
-from conftest import PROJECT_ROOT
+from conftest import run_entry_point
 
 TINY = ["experiment=gsm8k_xl", "model=tiny_random", "data.limit_train=24", "data.limit_eval=12",
         "trainer.epochs=2", "trainer.progress=false", "logger=none"]
@@ -44,9 +41,7 @@ def test_recipe_runs_without_hydra(tmp_path, tiny_backbone, data_root):
 
 
 def _run_train(args, tmp_path):
-    env = {**os.environ, "TOOLKEN_PLUS_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
-    return subprocess.run([sys.executable, str(PROJECT_ROOT / "train.py"), *args], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return run_entry_point("train.py", args, tmp_path)
 
 
 def test_train_py_writes_run_dir_and_resumes(tmp_path, data_root):

@@ -1,0 +1,29 @@
+import json
+
+import pytest
+
+from toolken_plus.compare import table
+from toolken_plus.evaluate import false_positive_calls
+
+
+def _run(tmp_path, name, **metrics):
+    d = tmp_path / name
+    d.mkdir()
+    (d / "metrics.json").write_text(json.dumps(metrics))
+    return d
+
+
+def test_table_lists_each_setting(tmp_path):
+    a = _run(tmp_path, "a", setting="no_tools", n=10, accuracy=0.1, tool_calls=0, tool_errors=0, false_positive_calls=0, seconds=5)
+    b = _run(tmp_path, "b", setting="toolkens", n=10, accuracy=0.25, tool_calls=31, tool_errors=2, false_positive_calls=7, seconds=9)
+    out = table([a, b]).splitlines()
+    assert len(out) == 4 and "| no_tools | 10 | 0.100 |" in out[2] and "| toolkens | 10 | 0.250 | 31 | 2 | 7 | 9 |" == out[3]
+    c = _run(tmp_path, "c", setting="x", n=11, accuracy=0.0)
+    with pytest.raises(ValueError, match="not comparable"):
+        table([a, c])
+
+
+def test_false_positive_calls_is_the_multiset_excess():
+    assert false_positive_calls(["add", "multiply", "multiply"], ["multiply", "subtract"]) == 2
+    assert false_positive_calls([], ["add"]) == 0
+    assert false_positive_calls(["add"], []) == 1
