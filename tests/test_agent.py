@@ -123,3 +123,22 @@ def test_batched_prefill_equals_separate_prefills(tiny_backbone, tools, prompt):
         assert out_n == alone_n == n + len(new)
         assert torch.allclose(out_h, alone_h, atol=1e-5) and torch.allclose(out_h, full[0, -1], atol=1e-5)
         assert torch.allclose(out_layers[0][0], alone_layers[0][0], atol=1e-5)
+
+
+def test_batch_cache_width_stays_bounded(tiny_backbone):
+    from toolken_plus.agent import _BatchCache
+
+    tok = tiny_backbone.tokenizer
+    ids = tok("Question: a few words here to make a context", add_special_tokens=False)["input_ids"]
+    _, cache = tiny_backbone.final_hidden(torch.tensor([ids]), use_cache=True)
+    layers = cache_layers(cache)
+    batch = _BatchCache(tiny_backbone, 2)
+    batch.set_row(0, layers, len(ids))
+    batch.set_row(1, layers, len(ids))
+    for step in range(200):
+        batch.step(torch.tensor([5, 6]))
+        if step % 20 == 0:  # rows keep switching to short fresh contexts
+            batch.set_row(step // 20 % 2, layers, len(ids))
+        batch.trim(slack=16)
+    assert batch.width <= int(batch.lengths.max()) + 16
+    assert batch.mask.sum(1).tolist() == batch.lengths.tolist()

@@ -156,6 +156,22 @@ class _BatchCache:
         self.lengths += 1
         return hidden[:, -1]
 
+    def release(self, i: int) -> None:
+        """Row i holds nothing any more (its question finished, none is left)."""
+        self.mask[i] = 0
+        self.lengths[i] = 0
+
+    def trim(self, slack: int = 64) -> None:
+        """Drop leading columns no row uses any more. Every step adds a
+        column for all rows, while a row that switches context is rewritten
+        right-aligned; without trimming the width would grow with the run."""
+        if self.cache is None:
+            return
+        first = int((self.width - self.lengths).min())
+        if first >= slack:
+            self._set_layers([(k[:, :, first:], v[:, :, first:]) for k, v in self._layers()])
+            self.mask = self.mask[:, first:]
+
     def keep(self, rows: list[int]) -> None:
         """Drop the other rows (at the tail of a run, to stop computing them)."""
         idx = torch.tensor(rows, dtype=torch.long)
@@ -382,6 +398,7 @@ class Agent:
         def next_question(slot: int) -> list[tuple]:
             rows[slot] = None
             if not queue:
+                batch.release(slot)
                 return []
             i = queue.pop()
             rows[slot] = _Row(i, questions[i])
@@ -429,6 +446,7 @@ class Agent:
                 tokens = tokens[active]
             # 2. One forward step appends the chosen token to every row.
             hidden = batch.step(tokens)
+            batch.trim()
             requests = []
             for slot, row in enumerate(rows):
                 if row is None:
