@@ -91,9 +91,9 @@ def train_toolkengpt_way(backbone, encoded, tool_names, epochs, lr, seed) -> tup
     return head, time.perf_counter() - t0
 
 
-def train_our_way(backbone, encoded, tool_names, epochs, lr, seed, cache_root) -> tuple[ToolkenHead, float, dict]:
+def train_our_way(backbone, encoded, tool_names, epochs, lr, seed, cache_root, max_tokens) -> tuple[ToolkenHead, float, dict]:
     t0 = time.perf_counter()
-    cache = build_feature_cache(backbone, encoded, cache_root, desc="ours: feature cache")
+    cache = build_feature_cache(backbone, encoded, cache_root, desc="ours: feature cache", max_tokens_per_batch=max_tokens)
     t_cache = time.perf_counter() - t0
     head = ToolkenHead(tool_names, backbone.hidden_size, seed=seed)
     ToolkenTrainer(head, cache, TrainerConfig(epochs=epochs, lr=lr, batch_size=1, seed=seed)).fit()
@@ -109,6 +109,7 @@ def main(argv=None) -> None:
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--max-tokens-per-batch", type=int, default=1024, help="padded tokens per cache-building forward")
     ap.add_argument("--data-root", default=os.environ.get("TOOLKEN_PLUS_DATA", str(PROJECT_ROOT.parent / "shared" / "data")))
     args = ap.parse_args(argv)
     torch.manual_seed(args.seed)
@@ -133,7 +134,8 @@ def main(argv=None) -> None:
     print(f"raw batched forward (16x256, logits included): {raw:.0f} tok/s")
 
     with tempfile.TemporaryDirectory() as tmp:
-        ours_head, ours_s, parts = train_our_way(backbone, train_enc, task.tool_names, args.epochs, args.lr, args.seed, Path(tmp) / "train")
+        ours_head, ours_s, parts = train_our_way(backbone, train_enc, task.tool_names, args.epochs, args.lr, args.seed,
+                                                  Path(tmp) / "train", args.max_tokens_per_batch)
         base_head, base_s = train_toolkengpt_way(backbone, train_enc, task.tool_names, args.epochs, args.lr, args.seed)
         val = CachedFeatures(build_feature_cache(backbone, val_enc, Path(tmp) / "val", desc="validation features"))
         results = {}
