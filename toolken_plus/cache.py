@@ -84,10 +84,10 @@ class _RowWriter:
         self.f.close()
 
 
-def cache_key(backbone: Backbone, encoded: list[Encoded], dtype: str) -> str:
+def cache_key(backbone: Backbone, encoded: list[Encoded], dtype: str, data_digest: str | None = None) -> str:
     h = hashlib.sha256()
     h.update(json.dumps([CACHE_FORMAT, backbone.name, backbone.revision, dtype]).encode())
-    h.update(encodings_digest(encoded).encode())
+    h.update((data_digest or encodings_digest(encoded)).encode())
     return h.hexdigest()[:20]
 
 
@@ -132,7 +132,8 @@ def build_feature_cache(
     desc: str = "feature cache",
 ) -> FeatureCache:
     """Build (or find) the cache for these encoded examples."""
-    key = cache_key(backbone, encoded, dtype)
+    data_digest = encodings_digest(encoded)
+    key = cache_key(backbone, encoded, dtype, data_digest)
     final = Path(cache_root) / "features" / key
     if (final / "meta.json").is_file():
         log.info("feature cache hit: %s", final)
@@ -195,7 +196,7 @@ def build_feature_cache(
             "key": key,
             "backbone": backbone.name,
             "revision": backbone.revision,
-            "data_digest": encodings_digest(encoded),
+            "data_digest": data_digest,
             "dtype": dtype,
             "n_examples": len(encoded),
             "n_positions": n,

