@@ -8,7 +8,6 @@ On disk it is a tiny self-describing adapter (PEFT-style):
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -20,15 +19,13 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .registry import doc_hash  # noqa: F401  (defined beside the tools; checkpoints store it)
+
 log = logging.getLogger(__name__)
 
 WEIGHTS_NAME = "toolkens.safetensors"
 CONFIG_NAME = "toolken_config.json"
 FORMAT_VERSION = 1
-
-
-def doc_hash(doc: str) -> str:
-    return hashlib.sha256((doc or "").encode()).hexdigest()[:16]
 
 
 class ToolkenHead(nn.Module):

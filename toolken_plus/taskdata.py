@@ -45,13 +45,22 @@ def load_gsm8k_xl(task: dict, data: dict) -> TaskData:
 def load_custom(task: dict, data: dict) -> TaskData:
     """Your own tools and data: `task=custom task.tools={name: doc, …}
     task.train_file=train.jsonl task.val_file=val.jsonl` (call-span JSONL,
-    see `tasks.gsm8k.load_call_jsonl`); relative paths are under data.root."""
+    see `tasks.gsm8k.load_call_jsonl`); relative paths are under data.root.
+    `task.tools=[name, …]` (or a doc of null) takes the documentation of
+    registered tools (`toolken-plus tools` lists them)."""
     from .tasks.gsm8k import load_call_jsonl
 
-    tools = dict(task.get("tools") or {})
+    tools = task.get("tools") or {}
     if not tools:
-        raise ValueError("task=custom needs task.tools: a mapping of tool name to its documentation")
+        raise ValueError("task=custom needs task.tools: a mapping of tool name to its documentation, "
+                         "or a list of registered tool names")
+    tools = dict.fromkeys(tools) if isinstance(tools, (list, tuple)) else dict(tools)
     root = Path(data["root"])
+    undocumented = [n for n, doc in tools.items() if not doc]
+    if undocumented:
+        from .plugins import discover_tools
+
+        tools.update({n: t.doc for n, t in discover_tools(root).resolve(undocumented).items()})
     train = load_call_jsonl(root / task["train_file"], tools, limit=data.get("limit_train"))
     val = load_call_jsonl(root / task["val_file"], tools, limit=data.get("limit_eval")) if task.get("val_file") else []
     return TaskData(task["name"], list(tools), tools, train, val,

@@ -13,10 +13,15 @@ The tools want at least two numbers; ToolkenGPT would also accept one.  Errors
 through ``toolken_plus.toolcall.call_with_timeout``, which records them.
 """
 
+import inspect
 import math
 import operator
 from decimal import Decimal
 from functools import reduce
+from pathlib import Path
+
+from toolken_plus.prompts import FewShotPrompt
+from toolken_plus.registry import Tool, ToolPack, tecton_docs
 
 
 def toolkengpt_round(x: float, places: int = 2) -> float:
@@ -89,3 +94,29 @@ TOOLS = {"add": add, "subtract": subtract, "multiply": multiply, "divide": divid
 
 # Few-shot demos for tool mode, in the data's gsm8k-xl/template/ folder (not copied here)
 DEMO_FILES = {name: f"llama_{name}.txt" for name in TOOLS}
+
+
+def tools(data_root: Path | None = None, *, require_demos: bool = False) -> list[Tool]:
+    """The calculator tools, documented and demonstrated from the data folder.
+
+    The docs come from `gsm8k-xl/tecton_doc_dict.json` (what GSM8K-XL
+    checkpoints were trained with, so their doc hashes match), else from the
+    docstrings; the tool-mode demos from `gsm8k-xl/template/llama_<tool>.txt`.
+    Without the data (or the file) a tool has no demos, unless `require_demos`,
+    which makes a missing template an error naming the path."""
+    root = Path(data_root) / "gsm8k-xl" if data_root else None
+    docs = tecton_docs(root / "tecton_doc_dict.json") if root else {}
+    out = []
+    for name, fn in TOOLS.items():
+        template = root / "template" / DEMO_FILES[name] if root else None
+        demos = None
+        if template is not None and (require_demos or template.is_file()):
+            demos = FewShotPrompt.from_file(template)
+        elif require_demos:
+            raise FileNotFoundError(f"tool-mode demos of <{name}> need data_root (gsm8k-xl/template/{DEMO_FILES[name]})")
+        out.append(Tool(name, fn, docs.get(name) or inspect.getdoc(fn) or "", demos, source=__name__))
+    return out
+
+
+# What the entry point `calculator` of the group `toolken_plus.tools` names (pyproject.toml).
+PACK = ToolPack("calculator", tools, doc="add, subtract, multiply, divide: ToolkenGPT's GSM8K-XL calculator")

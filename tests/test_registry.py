@@ -1,0 +1,118 @@
+"""The @tool decorator, doc-only tools, tool packs, and the calculator pack."""
+
+from pathlib import Path
+
+import pytest
+
+from toolken_plus import Tool, ToolPack, tool
+from toolken_plus.plugins import ToolRegistry, Origin, discover_tools, tools_of
+from toolken_plus.registry import ToolDefinitionError, calculator_tools, doc_hash
+from toolken_plus.toolcall import coerce_arguments, parse_arguments
+
+
+def test_tool_reads_name_doc_and_signature():
+    @tool
+    def c_to_f(celsius: float, digits: int = 1) -> str:
+        """Convert degrees Celsius to degrees Fahrenheit.
+
+        Example: c_to_f(100) = 212."""
+        return f"{round(celsius * 9 / 5 + 32, digits):g}"
+
+    assert isinstance(c_to_f, Tool) and c_to_f.name == "c_to_f"
+    assert c_to_f.summary == "Convert degrees Celsius to degrees Fahrenheit."
+    assert "c_to_f(100) = 212" in c_to_f.doc
+    assert c_to_f(100) == "212"  # still callable like the function
+    assert c_to_f.schema()["parameters"] == {
+        "type": "object", "properties": {"celsius": {"type": "number"}, "digits": {"type": "integer"}},
+        "required": ["celsius"]}
+    # the agent checks parsed arguments against the same signature
+    assert coerce_arguments(parse_arguments("37"), c_to_f.signature) == [37]
+    assert c_to_f.source == __name__ and c_to_f.demo_prompt is None
+
+
+def test_tool_options_name_doc_and_demos():
+    @tool(name="f2c", doc="Fahrenheit to Celsius.", demos=["Question: 212 F in C?\nAnswer: <f2c>(212)=100 C."])
+    def convert(f: float) -> str:
+        return str((f - 32) * 5 / 9)
+
+    assert convert.name == "f2c" and convert.doc == "Fahrenheit to Celsius."
+    demo = convert.demo_prompt
+    assert demo.prefix.startswith("Answer the following questions with <f2c>") and "<f2c>(212)=100 C." in demo.prefix
+    assert demo.render("What is 50 F?").endswith("Question: What is 50 F?\nAnswer:")
+
+
+def test_demos_from_a_template_file(data_root):
+    t = tool(lambda *a: "0", name="adder", doc="adds", demos=Path(data_root / "gsm8k-xl/template/llama_add.txt"))
+    assert "<add>(0.95, 0.85)=1.80" in t.demo_prompt.prefix
+
+
+def test_doc_only_tool():
+    t = tool.doc_only("TripPlanner", "Plans trips.\nFlights and hotels.")
+    assert t.doc_only and t.summary == "Plans trips." and t.schema() == {
+        "name": "TripPlanner", "description": "Plans trips.\nFlights and hotels.", "doc_only": True}
+    with pytest.raises(TypeError, match="documentation-only"):
+        t()
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: tool(lambda x: x), "bad tool name '<lambda>'"),
+    (lambda: tool(lambda x: x, name="has space", doc="d"), "bad tool name 'has space'"),
+    (lambda: tool(42), "needs a callable"),
+    (lambda: tool.doc_only("empty", "  "), "no documentation"),
+])
+def test_bad_definitions_are_clear_errors(make, message):
+    with pytest.raises(ToolDefinitionError, match=message):
+        make()
+
+
+def test_missing_docstring_names_the_function():
+    def helper(x: int) -> int:
+        return x
+
+    with pytest.raises(ToolDefinitionError, match=r"tool 'helper' \(.*helper\) has no documentation"):
+        tool(helper)
+
+
+def test_tool_pack_and_module_targets():
+    a = tool(lambda x: x, name="a", doc="first")
+    b = tool(lambda x: x, name="b", doc="second")
+    static = ToolPack("ab", [a, b])
+    lazy = ToolPack("lazy", lambda root: [tool(lambda: str(root), name="where", doc="the data root")])
+    assert [t.name for t in tools_of(static, None, "x:PACK")] == ["a", "b"]
+    (where,) = tools_of(lazy, Path("/data"), "x:LAZY")
+    assert where() == "/data"
+    with pytest.raises(ToolDefinitionError, match="not a tool"):
+        tools_of(3.5, None, "x:NUMBER")
+    with pytest.raises(ToolDefinitionError, match="not a Tool"):
+        tools_of(ToolPack("bad", ["a string"]), None, "x:BAD")
+
+
+def test_registry_accepts_the_same_tool_twice_but_not_two_tools_with_one_name():
+    reg = ToolRegistry()
+    a = tool(lambda x: x, name="a", doc="first")
+    reg.register(a, Origin("pkg-one", "one", "m1"))
+    reg.register(a, Origin("pkg-two", "two", "m1:a"))  # re-exported, same object: fine
+    assert reg.names == ["a"]
+    reg.register(tool(lambda x: x, name="a", doc="other"), Origin("pkg-three", "three", "m3"))
+    assert reg.names == [] and "pkg-one" in reg.conflict_message("a") and "pkg-three" in reg.conflict_message("a")
+
+
+def test_tools_from_code_join_the_registry():
+    mine = tool(lambda city: "sunny", name="my_weather", doc="Weather.")
+    reg = discover_tools(extra=[mine])
+    assert reg.get("my_weather").doc == "Weather." and "add" in reg
+
+
+def test_calculator_tools_keep_their_docs_and_demos(data_root):
+    from toolken_plus_tools import calculator
+
+    tools = calculator_tools(data_root)
+    assert list(tools) == ["add", "subtract", "multiply", "divide"]
+    assert all(t.demo_prompt is not None for t in tools.values())
+    assert tools["add"].doc.startswith("<add> takes two")  # tecton_doc_dict.json, what checkpoints hashed
+    assert calculator.add(2, 3) == "5"  # the module's functions are unchanged
+    without_data = {t.name: t for t in calculator.tools(None)}
+    assert without_data["add"].doc.startswith("Add two or more numbers") and without_data["add"].demo_prompt is None
+    assert doc_hash(tools["add"].doc) != doc_hash(without_data["add"].doc)
+    with pytest.raises(FileNotFoundError, match="llama_add.txt"):
+        calculator_tools(Path("/no/such/data"))

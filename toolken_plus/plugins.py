@@ -1,0 +1,223 @@
+"""Find every installed tool through the entry-point group `toolken_plus.tools`.
+
+A package publishes tools in its pyproject.toml:
+
+    [project.entry-points."toolken_plus.tools"]
+    weather = "weather_tools"                  # a module: its @tool functions and ToolPacks
+    units = "weather_tools.units:PACK"         # a ToolPack, a Tool, or a plain documented function
+
+The built-in packs in `tools/` register the same way (this project's
+pyproject.toml). Discovery never fails as a whole: a plugin that does not
+import, or yields something that is not a documented tool, is recorded in
+`ToolRegistry.problems` with the plugin's name and logged, and the other
+plugins still load. Two different tools with one name are a conflict: the name
+is withheld and asking for it raises an error naming both sources.
+"""
+
+from __future__ import annotations
+
+import logging
+import types
+from dataclasses import dataclass, replace
+from importlib.metadata import EntryPoint, entry_points
+from pathlib import Path
+from typing import Iterable
+
+from .registry import Tool, ToolDefinitionError, ToolPack, tool
+
+log = logging.getLogger(__name__)
+
+GROUP = "toolken_plus.tools"
+BUILTIN_PACKAGE = "toolken_plus"
+
+
+class UnknownToolError(KeyError):
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0])
+
+
+class ToolConflictError(ValueError):
+    """Two plugins define a tool with the same name."""
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a registered tool comes from."""
+
+    package: str  # the distribution that declares the entry point
+    plugin: str  # the entry point's name
+    target: str  # what it names: "module" or "module:attribute"
+
+    def __str__(self) -> str:
+        if not self.plugin:  # a tool handed over in code, not installed
+            return self.package
+        return f"{self.package} (entry point {self.plugin} = {self.target})"
+
+
+@dataclass(frozen=True)
+class PluginProblem:
+    origin: Origin
+    message: str
+
+    def __str__(self) -> str:
+        return f"tool plugin {self.origin.plugin!r} from {self.origin.package} ({self.origin.target}): {self.message}"
+
+
+class ToolRegistry:
+    """Tools by name, with where each came from and what failed to load."""
+
+    def __init__(self):
+        self._tools: dict[str, Tool] = {}
+        self._origins: dict[str, Origin] = {}
+        self._conflicts: dict[str, list[Origin]] = {}
+        self.problems: list[PluginProblem] = []
+
+    # ------------------------------------------------------------ building
+    def register(self, t: Tool, origin: Origin) -> None:
+        if not isinstance(t, Tool):
+            raise ToolDefinitionError(f"expected a Tool, got {type(t).__name__} {t!r}")
+        name = t.name
+        if name in self._conflicts:
+            self._conflicts[name].append(origin)
+            return
+        if name in self._tools:
+            if self._tools[name].fn is t.fn and self._tools[name].doc == t.doc:
+                return  # the same tool reached through two entry points: not a conflict
+            self._conflicts[name] = [self._origins.pop(name), origin]
+            del self._tools[name]
+            log.warning("%s", self.conflict_message(name))
+            return
+        self._tools[name] = replace(t, source=str(origin))
+        self._origins[name] = origin
+
+    def report(self, origin: Origin, message: str) -> None:
+        problem = PluginProblem(origin, message)
+        self.problems.append(problem)
+        log.warning("%s; the other tools still load", problem)
+
+    # ------------------------------------------------------------- queries
+    def __contains__(self, name: str) -> bool:
+        return name in self._tools
+
+    def __iter__(self):
+        return iter(self._tools.values())
+
+    def __len__(self) -> int:
+        return len(self._tools)
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._tools)
+
+    def origin(self, name: str) -> Origin:
+        return self._origins[name]
+
+    @property
+    def conflicts(self) -> dict[str, list[Origin]]:
+        return dict(self._conflicts)
+
+    def conflict_message(self, name: str) -> str:
+        sources = " and ".join(str(o) for o in self._conflicts[name])
+        return f"two tools are named {name!r}: {sources}; uninstall or rename one of them"
+
+    def get(self, name: str) -> Tool:
+        if name in self._tools:
+            return self._tools[name]
+        if name in self._conflicts:
+            raise ToolConflictError(self.conflict_message(name))
+        failed = "".join(f"\n  {p}" for p in self.problems)
+        raise UnknownToolError(
+            f"no registered tool {name!r}; registered: {sorted(self._tools) or 'none'}. Install the package that "
+            f"provides it (entry-point group {GROUP!r}); `toolken-plus tools` lists what is installed"
+            + (f". Plugins that failed to load:{failed}" if failed else ""))
+
+    def resolve(self, names: Iterable[str]) -> dict[str, Tool]:
+        """The named tools, in the given order; an error lists every missing one."""
+        names = list(names)
+        missing = [n for n in names if n not in self._tools]
+        if missing:
+            if len(missing) == 1:
+                self.get(missing[0])  # raises with the full explanation
+            errors = []
+            for n in missing:
+                try:
+                    self.get(n)
+                except (UnknownToolError, ToolConflictError) as err:
+                    errors.append(str(err))
+            raise UnknownToolError(f"{len(missing)} tools are not available: {missing}\n" + "\n".join(errors))
+        return {n: self._tools[n] for n in names}
+
+
+def _entry_points(group: str) -> list[EntryPoint]:
+    eps = list(entry_points(group=group))
+    # Built-ins first, then by package and name: a stable listing and conflict order.
+    return sorted(eps, key=lambda ep: (_package(ep) != BUILTIN_PACKAGE, _package(ep), ep.name))
+
+
+def _package(ep: EntryPoint) -> str:
+    dist = getattr(ep, "dist", None)
+    return dist.name if dist is not None else "?"
+
+
+def tools_of(obj, data_root: Path | None, target: str) -> list[Tool]:
+    """What one entry point's target contributes, checked."""
+    if isinstance(obj, types.ModuleType):
+        found = [v for v in vars(obj).values() if isinstance(v, (Tool, ToolPack))]
+        if not found:
+            raise ToolDefinitionError(f"module {obj.__name__} defines no tools (decorate functions with @tool, or add a ToolPack)")
+        return [t for item in found for t in tools_of(item, data_root, target)]
+    if isinstance(obj, Tool):
+        return [obj]
+    if isinstance(obj, ToolPack):
+        made = obj.load(data_root)
+        bad = [m for m in made if not isinstance(m, Tool)]
+        if bad:
+            raise ToolDefinitionError(f"tool pack {obj.name!r} yielded {type(bad[0]).__name__} {bad[0]!r}, not a Tool")
+        return made
+    if isinstance(obj, type) or not callable(obj):
+        raise ToolDefinitionError(f"{target} is a {type(obj).__name__}, not a tool, tool pack, module or function")
+    return [tool(obj)]  # a plain function: name and docs from the function itself
+
+
+def discover_tools(data_root: str | Path | None = None, *, group: str = GROUP, extra: Iterable[Tool] = ()) -> ToolRegistry:
+    """Every tool installed through the entry-point group, plus `extra` tools
+    defined in the caller's code. `data_root` is handed to packs whose tools
+    read demos or docs from the data folder."""
+    root = Path(data_root) if data_root else None
+    registry = ToolRegistry()
+    for ep in _entry_points(group):
+        origin = Origin(_package(ep), ep.name, ep.value)
+        try:
+            obj = ep.load()
+        except Exception as err:  # any import-time failure of third-party code
+            registry.report(origin, f"cannot import it: {type(err).__name__}: {err}")
+            continue
+        try:
+            found = tools_of(obj, root, ep.value)
+        except Exception as err:
+            registry.report(origin, f"{type(err).__name__}: {err}")
+            continue
+        for t in found:
+            registry.register(t, origin)
+    for t in extra:
+        registry.register(t, Origin(t.source or "your code", "", ""))
+    return registry
+
+
+def checkpoint_tools(checkpoint: str | Path, data_root: str | Path | None = None,
+                     given: Iterable[Tool] | dict[str, Tool] = ()) -> dict[str, Tool]:
+    """The tools a checkpoint's toolkens stand for, in its order: tools handed
+    over in code (`given`) first, installed ones from the registry for the rest.
+    An error names every tool that is not available."""
+    import json
+
+    from .head import CONFIG_NAME
+
+    path = Path(checkpoint) / CONFIG_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"no {CONFIG_NAME} in {checkpoint}: not a toolken checkpoint (the run dir of train.py)")
+    names = [t["name"] for t in json.loads(path.read_text())["tools"]]
+    given = dict(given) if isinstance(given, dict) else {t.name: t for t in given}
+    missing = [n for n in names if n not in given]
+    found = discover_tools(data_root).resolve(missing) if missing else {}
+    return {n: given[n] if n in given else found[n] for n in names}
