@@ -38,6 +38,11 @@ class ToolkenHead(nn.Module):
         # The logit bias b is not trained (0 in training); it is calibrated on
         # validation data afterwards and stored with the weights.
         self.register_buffer("logit_bias", torch.zeros(()))
+        # Carried through load → save untouched: tensors this class does not
+        # interpret itself, and the doc hashes the rows were trained with
+        # (kept for tools whose docs a re-save is not given).
+        self.extra_tensors: dict[str, torch.Tensor] = {}
+        self.doc_hashes: dict[str, str] = {}
         self.reset_parameters(init_std, seed)
 
     def reset_parameters(self, init_std: float | None = None, seed: int = 0) -> None:
@@ -62,10 +67,10 @@ class ToolkenHead(nn.Module):
     def save(self, out_dir: str | Path, *, backbone=None, tool_docs: dict[str, str] | None = None, extra: dict | None = None) -> None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        tensors = {"toolken.weight": self.weight.detach().float().contiguous()}
+        tensors = {**self.extra_tensors, "toolken.weight": self.weight.detach().float().contiguous()}
         config = {
             "format_version": FORMAT_VERSION,
-            "tools": [{"name": n, "doc_hash": doc_hash((tool_docs or {}).get(n, ""))} for n in self.tool_names],
+            "tools": [{"name": n, "doc_hash": self._doc_hash(n, tool_docs or {})} for n in self.tool_names],
             "hidden_size": self.weight.shape[1],
             "logit_bias": float(self.logit_bias),
         }
@@ -80,6 +85,11 @@ class ToolkenHead(nn.Module):
         atomic_write(out / WEIGHTS_NAME, lambda p: save_file(tensors, str(p)))
         atomic_write(out / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(config, indent=2)))
 
+    def _doc_hash(self, name: str, tool_docs: dict[str, str]) -> str:
+        if name in tool_docs:
+            return doc_hash(tool_docs[name])
+        return self.doc_hashes.get(name, doc_hash(""))
+
     @classmethod
     def load(cls, path: str | Path, *, backbone=None, tool_docs: dict[str, str] | None = None) -> "ToolkenHead":
         path = Path(path)
@@ -93,6 +103,8 @@ class ToolkenHead(nn.Module):
         with torch.no_grad():
             head.weight.copy_(tensors["toolken.weight"])
             head.logit_bias.fill_(config.get("logit_bias", 0.0))
+        head.extra_tensors = {k: v for k, v in tensors.items() if k != "toolken.weight"}
+        head.doc_hashes = {t["name"]: t["doc_hash"] for t in config["tools"]}
         head.config = config
         if backbone is not None:
             saved = config.get("backbone", {})

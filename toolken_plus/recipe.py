@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .add_tools import ToolAddition
 from .backbone import Backbone, build_backbone
 from .cache import build_feature_cache
 from .config import to_dict
@@ -46,7 +47,9 @@ class TrainToolkensRecipe:
         cfg = self.cfg
         seed_everything(int(cfg.get("seed", 0)))
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.task = load_task_data(cfg["task"], cfg["data"])
+        # checkpoint=… tools.add=[…]: enlarge a trained head instead of starting one
+        self.addition = ToolAddition.from_config(cfg)
+        self.task = load_task_data(self.addition.task_config(cfg["task"]) if self.addition else cfg["task"], cfg["data"])
         for note in self.task.notes:
             log.info(note)
         if not self.task.train:
@@ -55,7 +58,10 @@ class TrainToolkensRecipe:
             t0 = time.perf_counter()
             self.backbone = build_backbone(cfg["model"])
             log.info("backbone %s loaded in %.1f s", self.backbone.name, time.perf_counter() - t0)
-        tool_index = {n: i for i, n in enumerate(self.task.tool_names)}
+        if self.addition:
+            self.addition.check(self.task, self.backbone, cfg["data"]["root"])
+        tool_names = self.addition.tool_names if self.addition else self.task.tool_names
+        tool_index = {n: i for i, n in enumerate(tool_names)}
         max_len = int(cfg["data"].get("max_length", 512))
         tok = self.backbone.tokenizer
         self.train_enc = encode_examples(tok, self.task.train, tool_index, max_len)
@@ -70,7 +76,8 @@ class TrainToolkensRecipe:
                           if self.val_enc else None)
         if self.val_cache is None:
             log.warning("no validation examples: the logit bias stays 0 and no validation metrics are computed")
-        self.head = ToolkenHead(self.task.tool_names, self.backbone.hidden_size, seed=int(cfg.get("seed", 0)))
+        self.head = (self.addition.build_head(seed=int(cfg.get("seed", 0))) if self.addition
+                     else ToolkenHead(tool_names, self.backbone.hidden_size, seed=int(cfg.get("seed", 0))))
         self.logger = build_logger(cfg.get("logger"), self.run_dir, cfg)
         tcfg = cfg["trainer"]
         self.trainer = ToolkenTrainer(
@@ -78,7 +85,8 @@ class TrainToolkensRecipe:
             self.train_cache,
             TrainerConfig(epochs=int(tcfg["epochs"]), lr=float(tcfg["lr"]), batch_size=int(tcfg["batch_size"]),
                           weight_decay=float(tcfg.get("weight_decay", 0.0)), seed=int(cfg.get("seed", 0)),
-                          progress=bool(tcfg.get("progress", True))),
+                          progress=bool(tcfg.get("progress", True)),
+                          frozen_rows=self.addition.n_old if self.addition else 0),
             run_dir=self.run_dir,
             logger=self.logger,
         )
@@ -87,14 +95,17 @@ class TrainToolkensRecipe:
     def train(self) -> dict:
         t0 = time.perf_counter()
         self.trainer.fit()
+        if self.addition:  # grow the per-tool tensors (rerank rows) from the trained new rows
+            self.addition.finish(self.head)
         train_seconds = time.perf_counter() - t0
         metrics: dict = {}
-        bias = 0.0
+        bias = float(self.head.logit_bias)  # 0, or the base checkpoint's when adding tools
         if self.val_cache is not None:
             val = CachedFeatures(self.val_cache)
             metrics = {"val_bias0/" + k[4:]: v for k, v in evaluate_head(self.head, val, bias=0.0).items()}
             grid = tuple(self.cfg.get("calibration", {}).get("grid", (-10.0, 10.0, 0.25)))
-            bias = calibrate_head_bias(self.head, val, grid)
+            if self.addition is None or self.addition.recalibrate_bias:
+                bias = calibrate_head_bias(self.head, val, grid)
             metrics.update(evaluate_head(self.head, val))
         metrics.update({
             "logit_bias": bias,
@@ -120,7 +131,12 @@ class TrainToolkensRecipe:
             "train_examples": len(self.task.train),
             "epochs": self.trainer.epoch,
         }
-        self.head.save(self.run_dir, backbone=self.backbone, tool_docs=self.task.tool_docs, extra=extra)
+        tool_docs = self.task.tool_docs
+        if self.addition:
+            self.addition.verify(self.head)
+            extra.update(self.addition.extra_config())
+            tool_docs = self.addition.new_docs  # the old tools keep the doc hashes they were trained with
+        self.head.save(self.run_dir, backbone=self.backbone, tool_docs=tool_docs, extra=extra)
         atomic_write(self.run_dir / "metrics.json", lambda p: Path(p).write_text(json.dumps(self.metrics, indent=2)))
         self.logger.finish()
         return self.run_dir

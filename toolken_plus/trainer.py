@@ -32,6 +32,10 @@ class TrainerConfig:
     weight_decay: float = 0.0
     seed: int = 0
     progress: bool = True
+    # The first `frozen_rows` toolkens stay as they are: adding tools to a
+    # trained head trains only the new rows (they still compete with the old
+    # ones in the loss's softmax).
+    frozen_rows: int = 0
 
 
 class CachedFeatures:
@@ -71,6 +75,7 @@ class ToolkenTrainer:
         self.run_dir = Path(run_dir) if run_dir else None
         self.logger = logger
         self.optimizer = torch.optim.Adam([head.weight], lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.frozen = head.weight.detach()[: cfg.frozen_rows].clone()
         self.epoch = 0  # epochs completed
         self.history: list[dict] = []
 
@@ -128,10 +133,21 @@ class ToolkenTrainer:
             loss = factorized_toolken_loss(scores, d.logsumexp[pos], d.gold_logit[pos], d.tool_label[pos])
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            self.optimizer.step()
+            self._step()
             total += loss.item()
             steps += 1
         return total / max(steps, 1)
+
+    def _step(self) -> None:
+        k = self.cfg.frozen_rows
+        if k:
+            self.head.weight.grad[:k] = 0  # keeps Adam's moments of the frozen rows at zero
+        self.optimizer.step()
+        if k:
+            # Weight decay would still move rows with zero gradient; restoring
+            # them makes "old rows bit-identical" hold for every optimiser setting.
+            with torch.no_grad():
+                self.head.weight[:k] = self.frozen
 
     def fit(self) -> list[dict]:
         self.try_resume()
