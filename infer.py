@@ -2,9 +2,12 @@
 
     python infer.py experiment=gsm8k_xl checkpoint=<run dir of train.py> \
         [data.limit_eval=N] [data.eval_file=PATH] [agent.setting=toolkens|no_tools] \
-        [agent.logit_bias=B] [agent.batch_size=16] [reranker=none]
+        [agent.logit_bias=B] [agent.batch_size=16] [reranker=none|llm|embedding]
+    python infer.py experiment=metatool checkpoint=<run dir> [reranker=none|llm|embedding] \
+        [data.eval=selection|awareness] [data.eval_file=queries.csv]
 
-Writes predictions.jsonl, metrics.json and report.md into the Hydra run dir.
+Writes predictions.jsonl, metrics.json and report.md (MetaTool: also
+confusion.png) into the Hydra run dir.
 """
 
 import json
@@ -25,6 +28,8 @@ from toolken_plus.infer_recipe import run_inference  # noqa: E402
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="infer")
 def main(cfg: DictConfig) -> float:
     run_dir = HydraConfig.get().runtime.output_dir
+    if cfg.task.name == "metatool":
+        return choice_main(cfg, run_dir)
     metrics, out = run_inference(cfg, run_dir)
     rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     for row in rows[: int(cfg.agent.show)]:
@@ -33,6 +38,16 @@ def main(cfg: DictConfig) -> float:
           f"errors {metrics['tool_errors']}, false-positive calls {metrics['false_positive_calls']}, "
           f"{metrics['seconds']} s; run dir: {out}")
     return metrics["accuracy"]
+
+
+def choice_main(cfg: DictConfig, run_dir: str) -> float:
+    from toolken_plus.choice_eval import run_choice_inference
+    from toolken_plus.config import to_dict
+
+    metrics, out = run_choice_inference(to_dict(cfg), run_dir)
+    print((out / "report.md").read_text())
+    print(f"run dir: {out}")
+    return metrics.get("top1_accuracy", metrics.get("awareness_accuracy", 0.0))
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
     python train.py experiment=gsm8k_xl [model=tiny_random] [data.limit_train=N]
         [trainer.epochs=E] [trainer.lr=LR] [trainer.batch_size=B] [seed=S] [logger=wandb]
+    python train.py task=custom task.train_file=… checkpoint=<run dir> 'tools.add=[name]'   # add tools
 
 The Hydra run dir receives toolkens.safetensors, toolken_config.json and
 metrics.json; rerunning with the same `hydra.run.dir=…` resumes training.
@@ -27,7 +28,9 @@ def main(cfg: DictConfig) -> float:
     metrics = recipe.run()
     if "val/f1" in metrics:
         print(format_metrics_table(metrics, recipe.task.tool_names))
-        print(f"logit bias {metrics['logit_bias']:+.2f} (calibrated on validation); run dir: {run_dir}")
+        kept = recipe.addition is not None and not recipe.addition.recalibrate_bias
+        how = "kept from the base checkpoint" if kept else "calibrated on validation"
+        print(f"logit bias {metrics['logit_bias']:+.2f} ({how}); run dir: {run_dir}")
     else:
         print(f"trained {len(recipe.task.tool_names)} toolkens without validation data; run dir: {run_dir}")
     return metrics.get("val/f1", 0.0)  # the value Hydra sweepers optimise

@@ -142,3 +142,38 @@ def test_batch_cache_width_stays_bounded(tiny_backbone):
         batch.trim(slack=16)
     assert batch.width <= int(batch.lengths.max()) + 16
     assert batch.mask.sum(1).tolist() == batch.lengths.tolist()
+
+
+def _llm_reranker(backbone, head, tools, reject: bool):
+    from toolken_plus.rerank import LLMReranker, init_rerank_weight
+
+    w = init_rerank_weight(head.weight)
+    w[-1] = 0.0
+    rr = LLMReranker(backbone, w, head.tool_names, {n: t.doc for n, t in tools.items()}, k=2)
+    # A huge Reject row (or a huge negative one) decides every time, whatever g is:
+    # g's direction is not fixed, so make Reject's score ±|g|·1e4 via a per-query check.
+    sign = 1.0 if reject else -1.0
+
+    original = rr.decide_from_states
+
+    def decide(g, cands):
+        rr.weight[-1] = sign * 1e4 * g[0] / g[0].norm() if len(g) == 1 else rr.weight[-1]
+        return original(g, cands)
+
+    rr.decide_from_states = decide
+    return rr
+
+
+def test_reranker_reject_gives_the_no_tool_text_and_is_recorded(tiny_backbone, tools, prompt):
+    base = _agent(tiny_backbone, tools, prompt, logit_bias=4.0, batch_size=1)
+    plain = _agent(tiny_backbone, tools, prompt, logit_bias=float("-inf"), batch_size=1)
+    rejecting = Agent(tiny_backbone, base.head, tools, prompt, base.cfg, reranker=_llm_reranker(tiny_backbone, base.head, tools, True))
+    q = QUESTIONS[0]
+    assert len(base.run(q).calls) > 0  # stage 1 alone calls tools here
+    res = rejecting.run(q)
+    assert res.calls == [] and res.reranks and all(r["chosen"] is None for r in res.reranks)
+    assert res.generation == plain.run(q).generation  # Reject ⇒ the vocabulary token, every time
+    accepting = Agent(tiny_backbone, base.head, tools, prompt, base.cfg, reranker=_llm_reranker(tiny_backbone, base.head, tools, False))
+    res = accepting.run(q)
+    assert res.calls and res.reranks[0]["chosen"] in res.reranks[0]["candidates"]
+    assert res.reranks[0]["chosen"] == res.calls[0].tool

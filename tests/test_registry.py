@@ -116,3 +116,23 @@ def test_calculator_tools_keep_their_docs_and_demos(data_root):
     assert doc_hash(tools["add"].doc) != doc_hash(without_data["add"].doc)
     with pytest.raises(FileNotFoundError, match="llama_add.txt"):
         calculator_tools(Path("/no/such/data"))
+
+
+def test_call_example_runs_the_tool_and_records_the_span():
+    from toolken_plus.examples import call_example
+
+    @tool
+    def c_to_f(celsius: float) -> str:
+        """Convert degrees Celsius to degrees Fahrenheit."""
+        return f"{celsius * 9 / 5 + 32:g}"
+
+    row = call_example("Answer: 100 C is <<c_to_f(100)>> F and 0 C is <<c_to_f(0)>> F.", [c_to_f])
+    assert row["text"] == "Answer: 100 C is 212 F and 0 C is 32 F."
+    spans = [row["text"][c["start"]:c["end"]] for c in row["calls"]]
+    assert spans == ["212", "32"] and row["calls"][0] == {"tool": "c_to_f", "start": 17, "end": 20, "args": [100]}
+    with pytest.raises(ValueError, match="unknown tool 'f_to_c'.*c_to_f"):
+        call_example("x <<f_to_c(1)>>", [c_to_f])
+    with pytest.raises(ValueError, match="bad arguments in '<<c_to_f\\(\"hot\"\\)>>'"):
+        call_example('x <<c_to_f("hot")>>', [c_to_f])
+    with pytest.raises(ValueError, match="no <<tool"):
+        call_example("no calls", [c_to_f])

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from .answers import extract_answer
 from .backbone import Backbone, cache_layers
 from .head import ToolkenHead
+from .kv import prefill_rows, prefix_row
 from .prompts import FewShotPrompt
 from .registry import Tool
 from .toolcall import ToolArgumentError, call_with_timeout, coerce_arguments, parse_arguments
@@ -68,6 +69,7 @@ class AgentResult:
     answer: float | None = None
     finish_reason: str = ""
     new_tokens: int = 0
+    reranks: list[dict] = field(default_factory=list)  # stage-2 decisions (empty with reranker=none)
 
 
 class _Row:
@@ -89,6 +91,7 @@ class _Row:
         self.new_tokens = 0
         self.finish_reason = ""
         self.reject_next = False  # after a failed call: one vocabulary token before any new call
+        self.reranks: list[dict] = []  # every rerank decision: candidates, chosen (None = Reject), scores
 
     def generation(self) -> str:
         return self.reason_text + self.pending_text
@@ -188,7 +191,7 @@ class Agent:
     """
 
     def __init__(self, backbone: Backbone, head: ToolkenHead | None, tools: dict[str, Tool], prompt: FewShotPrompt,
-                 config: AgentConfig | None = None):
+                 config: AgentConfig | None = None, reranker=None):
         self.backbone = backbone
         self.head = head
         self.cfg = config or AgentConfig()
@@ -198,6 +201,9 @@ class Agent:
                 raise ValueError(f"toolkens without a tool implementation: {missing}; available tools: {sorted(tools)}")
         self.tools = tools
         self.prompt = prompt
+        # Toolken+ stage 2 (rerank.LLMReranker / EmbeddingReranker); None or
+        # a NoReranker: the stage-1 argmax is called (ToolkenGPT).
+        self.reranker = reranker if getattr(reranker, "name", "none") != "none" else None
         self.tok = backbone.tokenizer
         self.eos = self.tok.eos_token_id
         self._prefix_cache: dict[str, tuple] = {}
@@ -215,45 +221,11 @@ class Agent:
     def _prefix(self, key: str, text: str):
         """KV cache of a constant prompt prefix, computed once."""
         if key not in self._prefix_cache:
-            ids = self._encode(text)
-            with torch.no_grad():
-                _, cache = self.backbone.final_hidden(torch.tensor([ids]), use_cache=True)
-            self._prefix_cache[key] = ([(k.clone(), v.clone()) for k, v in cache_layers(cache)], len(ids))
+            self._prefix_cache[key] = prefix_row(self.backbone, self._encode(text))
         return self._prefix_cache[key]
 
-    @torch.no_grad()
     def _prefill_many(self, jobs: list[tuple]) -> list[tuple]:
-        """Extend several batch-1 KV caches at once: jobs of (layers, n, ids) →
-        (layers, n + len(ids), last hidden) each, in one padded forward.
-
-        Row i is laid out as [pad | its n cached | pad | its new ids], so
-        every row's last position is its last new token; padding is masked
-        and positions are given explicitly, so the result equals a separate
-        forward per row."""
-        P = max(n for _, n, _ in jobs)
-        S = max(len(ids) for _, _, ids in jobs)
-        R = len(jobs)
-        ref = jobs[0][0]
-        layers = [(k.new_zeros((R, k.shape[1], P, k.shape[3])), v.new_zeros((R, v.shape[1], P, v.shape[3]))) for k, v in ref]
-        mask = torch.zeros(R, P + S, dtype=torch.long)
-        ids = torch.full((R, S), self.tok.pad_token_id, dtype=torch.long)
-        pos = torch.zeros(R, S, dtype=torch.long)
-        for i, (base, n, new) in enumerate(jobs):
-            for (k, v), (bk, bv) in zip(layers, base):
-                k[i, :, P - n :] = bk[0]
-                v[i, :, P - n :] = bv[0]
-            mask[i, P - n : P] = 1
-            mask[i, P + S - len(new) :] = 1
-            ids[i, S - len(new) :] = torch.tensor(new)
-            pos[i, S - len(new) :] = torch.arange(n, n + len(new))
-        hidden, cache = self.backbone.step(ids, mask, pos, self.backbone.make_cache(layers))
-        out = []
-        for i, (_, n, new) in enumerate(jobs):
-            row_layers = [(torch.cat([k[i : i + 1, :, P - n : P], k[i : i + 1, :, P + S - len(new) :]], 2),
-                           torch.cat([v[i : i + 1, :, P - n : P], v[i : i + 1, :, P + S - len(new) :]], 2))
-                          for k, v in cache_layers(cache)]
-            out.append((row_layers, n + len(new), hidden[i, -1]))
-        return out
+        return prefill_rows(self.backbone, jobs)
 
     def _switch(self, requests: list[tuple], rows: list, batch: _BatchCache) -> list[int]:
         """Carry out context switches, prefilling all of them together.
@@ -324,6 +296,25 @@ class Agent:
         if tool_scores[best] > vocab_logits.max():
             return self.tools[self.head.tool_names[best]]
         return None
+
+    def _rerank(self, triggered: list[tuple[int, int]], tools: torch.Tensor, rows: list, batch: _BatchCache) -> list[Tool | None]:
+        """Stage 2 for the rows whose toolken won: one batched doc-block pass
+        (llm, reusing each row's KV cache) or embedding lookup; None = Reject."""
+        if not triggered:
+            return []
+        from .rerank import RerankQuery
+
+        queries = []
+        for j, slot in triggered:
+            row = rows[slot]
+            layers, n = batch.get_row(slot) if self.reranker.name == "llm" else (None, 0)
+            queries.append(RerankQuery(tools[j] - self.bias, text=row.question + "\n" + row.generation(), layers=layers, n=n))
+        out = []
+        for (_, slot), dec in zip(triggered, self.reranker.decide(queries)):
+            row = rows[slot]
+            row.reranks.append({"at_char": len(row.generation()), **dec.to_dict(self.head.tool_names)})
+            out.append(None if dec.chosen is None else self.tools[self.head.tool_names[dec.chosen]])
+        return out
 
     def tool_mode_token(self, row: _Row, vocab_logits: torch.Tensor) -> int:
         """Tool mode decodes arguments over the vocabulary only."""
@@ -400,7 +391,8 @@ class Agent:
         def finish(row: _Row) -> None:
             row.commit()
             results[row.index] = AgentResult(row.question, row.reason_text, row.trace_text, row.calls,
-                                              extract_answer(row.reason_text), row.finish_reason, row.new_tokens)
+                                              extract_answer(row.reason_text), row.finish_reason, row.new_tokens,
+                                              row.reranks)
             bar.update(1)
 
         undecided = self._switch([r for slot in range(width) for r in next_question(slot)], rows, batch)
@@ -415,19 +407,31 @@ class Agent:
                 if not live:
                     break
                 vocab, tools = self._logits(torch.stack([rows[s].hidden for s in live]))
-                requests = []
+                requests, triggered = [], []
                 for j, slot in enumerate(live):
                     row = rows[slot]
                     if row.mode == "tool":
                         tokens[slot] = self.tool_mode_token(row, vocab[j])
                         continue
                     tool = self.choose_tool(row, vocab[j], None if tools is None else tools[j])
-                    if tool is not None:
+                    if tool is not None and self.reranker is None:
                         requests.append((slot, "enter", tool))
+                        continue
+                    if tool is not None:  # stage 2 decides, for all triggered rows at once
+                        triggered.append((j, slot))
                         continue
                     tokens[slot] = int(vocab[j].argmax())
                     if self._append_reason_token(row, int(tokens[slot])):
                         finish(row)
+                        requests += next_question(slot)
+                for (j, slot), tool in zip(triggered, self._rerank(triggered, tools, rows, batch)):
+                    if tool is not None:
+                        requests.append((slot, "enter", tool))
+                        continue
+                    # Reject: the next token is the vocabulary's argmax (toolkens masked)
+                    tokens[slot] = int(vocab[j].argmax())
+                    if self._append_reason_token(rows[slot], int(tokens[slot])):
+                        finish(rows[slot])
                         requests += next_question(slot)
                 undecided = self._switch(requests, rows, batch)
             active = [s for s, r in enumerate(rows) if r is not None]

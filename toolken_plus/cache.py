@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from .backbone import Backbone
 from .encoding import IGNORE, Encoded, encodings_digest
+from .kv import prefix_row
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +122,18 @@ def head_reductions(hidden: torch.Tensor, lm_head_weight: torch.Tensor, gold: to
     return torch.cat(out_a), torch.cat(out_g), torch.cat(out_m)
 
 
+@torch.no_grad()
+def _forward_after_prefix(backbone: Backbone, prefix, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Hidden states of right-padded `ids` continuing a shared prefix row."""
+    layers, n = prefix
+    B, L = ids.shape
+    shared = [(k.expand(B, -1, -1, -1), v.expand(B, -1, -1, -1)) for k, v in layers]
+    full_mask = torch.cat([torch.ones(B, n, dtype=mask.dtype), mask], 1)
+    pos = torch.arange(n, n + L).expand(B, L)
+    hidden, _ = backbone.step(ids, full_mask, pos, backbone.make_cache(shared))
+    return hidden
+
+
 def build_feature_cache(
     backbone: Backbone,
     encoded: list[Encoded],
@@ -130,9 +143,17 @@ def build_feature_cache(
     max_tokens_per_batch: int = 1024,
     progress: bool = True,
     desc: str = "feature cache",
+    prefix_ids: list[int] | None = None,
 ) -> FeatureCache:
-    """Build (or find) the cache for these encoded examples."""
+    """Build (or find) the cache for these encoded examples.
+
+    With `prefix_ids`, every example is read as the continuation of that
+    shared prompt prefix: its KV cache is computed once and reused by every
+    batch, so only the examples' own tokens are new compute (MetaTool's
+    ~20k queries share one instruction)."""
     data_digest = encodings_digest(encoded)
+    if prefix_ids:
+        data_digest = hashlib.sha256((data_digest + "|prefix|" + ",".join(map(str, prefix_ids))).encode()).hexdigest()
     key = cache_key(backbone, encoded, dtype, data_digest)
     final = Path(cache_root) / "features" / key
     if (final / "meta.json").is_file():
@@ -159,6 +180,7 @@ def build_feature_cache(
         batches = length_batches([len(e) for e in encoded], max_tokens_per_batch)
         w_vocab = backbone.lm_head.weight
         pad_id = backbone.tokenizer.pad_token_id
+        prefix = prefix_row(backbone, list(prefix_ids)) if prefix_ids else None
         for batch in tqdm(batches, desc=desc, disable=not progress, unit="batch"):
             L = max(len(encoded[i]) for i in batch)
             ids = torch.full((len(batch), L), pad_id, dtype=torch.long)
@@ -167,7 +189,10 @@ def build_feature_cache(
                 ids[r, : len(encoded[i])] = torch.from_numpy(encoded[i].input_ids)
                 mask[r, : len(encoded[i])] = 1
             with torch.no_grad():
-                hidden, _ = backbone.final_hidden(ids, attention_mask=mask)
+                if prefix is None:
+                    hidden, _ = backbone.final_hidden(ids, attention_mask=mask)
+                else:
+                    hidden = _forward_after_prefix(backbone, prefix, ids, mask)
             rows = [(r, i) for r, i in enumerate(batch) if len(keep[i])]
             if not rows:
                 continue
@@ -203,6 +228,7 @@ def build_feature_cache(
             "n_tool_positions": int((tool_label >= 0).sum()),
             "hidden_size": d,
             "n_tokens": n_tokens,
+            "prefix_tokens": len(prefix_ids or []),
             "build_seconds": round(seconds, 3),
             "tokens_per_second": round(n_tokens / max(seconds, 1e-9), 1),
         }

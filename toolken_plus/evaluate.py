@@ -28,7 +28,7 @@ def false_positive_calls(called: list[str], reference: list[str]) -> int:
 
 def score(items: list[dict], results: list[AgentResult], tool_names: list[str]) -> tuple[list[dict], dict]:
     rows, per_tool = [], {t: Counter() for t in tool_names}
-    correct = calls = errors = fps = 0
+    correct = calls = errors = fps = reranks = rejects = 0
     finish = Counter()
     for item, res in zip(items, results):
         ok = is_correct(res.answer, item["label"])
@@ -38,6 +38,8 @@ def score(items: list[dict], results: list[AgentResult], tool_names: list[str]) 
         calls += len(res.calls)
         errors += sum(c.error is not None for c in res.calls)
         fps += fp
+        reranks += len(res.reranks)
+        rejects += sum(r["chosen"] is None for r in res.reranks)
         finish[res.finish_reason] += 1
         for c in res.calls:
             per_tool.setdefault(c.tool, Counter())
@@ -58,6 +60,7 @@ def score(items: list[dict], results: list[AgentResult], tool_names: list[str]) 
             "false_positive_calls": fp,
             "finish_reason": res.finish_reason,
             "new_tokens": res.new_tokens,
+            "reranks": res.reranks,
         })
     n = len(items)
     metrics = {
@@ -69,6 +72,8 @@ def score(items: list[dict], results: list[AgentResult], tool_names: list[str]) 
         "false_positive_calls": fps,
         "false_positive_calls_per_question": fps / n if n else 0.0,
         "calls_per_question": calls / n if n else 0.0,
+        "rerank_decisions": reranks,
+        "rerank_rejects": rejects,
         "finish_reasons": dict(finish),
         "per_tool": {t: {"calls": c["calls"], "errors": c["errors"], "reference": c["reference"]} for t, c in per_tool.items()},
     }
@@ -85,6 +90,7 @@ def evaluate(agent: Agent, items: list[dict], run_dir: str | Path, setting: str 
     rows, metrics = score(items, results, tool_names)
     metrics.update({
         "setting": setting,
+        "reranker": agent.reranker.name if agent.reranker is not None else "none",
         "seconds": round(seconds, 1),
         "questions_per_s": len(items) / seconds if seconds else 0.0,
         "new_tokens": sum(r["new_tokens"] for r in rows),

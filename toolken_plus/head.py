@@ -43,6 +43,11 @@ class ToolkenHead(nn.Module):
         # (kept for tools whose docs a re-save is not given).
         self.extra_tensors: dict[str, torch.Tensor] = {}
         self.doc_hashes: dict[str, str] = {}
+        # Toolken+ stage 2 (optional): W_r, one row per tool plus Reject LAST,
+        # and the reranker's settings ({"name", "k", ...}). Set by the
+        # reranker trainer; None for a plain ToolkenGPT head.
+        self.rerank_weight: nn.Parameter | None = None
+        self.rerank_config: dict = {}
         self.reset_parameters(init_std, seed)
 
     def reset_parameters(self, init_std: float | None = None, seed: int = 0) -> None:
@@ -68,12 +73,16 @@ class ToolkenHead(nn.Module):
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         tensors = {**self.extra_tensors, "toolken.weight": self.weight.detach().float().contiguous()}
+        if self.rerank_weight is not None:
+            tensors["rerank.weight"] = self.rerank_weight.detach().float().contiguous()
         config = {
             "format_version": FORMAT_VERSION,
             "tools": [{"name": n, "doc_hash": self._doc_hash(n, tool_docs or {})} for n in self.tool_names],
             "hidden_size": self.weight.shape[1],
             "logit_bias": float(self.logit_bias),
         }
+        if self.rerank_config:
+            config["reranker"] = dict(self.rerank_config)
         if backbone is not None:
             config["backbone"] = {
                 "name": backbone.name,
@@ -105,6 +114,9 @@ class ToolkenHead(nn.Module):
             head.logit_bias.fill_(config.get("logit_bias", 0.0))
         head.extra_tensors = {k: v for k, v in tensors.items() if k != "toolken.weight"}
         head.doc_hashes = {t["name"]: t["doc_hash"] for t in config["tools"]}
+        if "rerank.weight" in tensors:
+            head.rerank_weight = nn.Parameter(tensors["rerank.weight"], requires_grad=False)
+        head.rerank_config = dict(config.get("reranker", {}))
         head.config = config
         if backbone is not None:
             saved = config.get("backbone", {})

@@ -63,7 +63,13 @@ def build_agent(cfg, backbone: Backbone | None = None, *, tools: Iterable[Tool] 
         if not cfg.get("checkpoint"):
             raise ValueError("checkpoint=<run dir of train.py> is required (or agent.setting=no_tools)")
         head = ToolkenHead.load(cfg["checkpoint"], backbone=backbone, tool_docs={n: t.doc for n, t in tools.items()})
-    return Agent(backbone, head, tools, prompt, agent_config(cfg))
+    reranker = None
+    rcfg = cfg.get("reranker") or {"name": "none"}
+    if head is not None and rcfg.get("name", "none") != "none":
+        from .rerank_train import build_reranker
+
+        reranker = build_reranker(rcfg, backbone, head, {n: t.doc for n, t in tools.items()})
+    return Agent(backbone, head, tools, prompt, agent_config(cfg), reranker=reranker)
 
 
 def _as_prompt(prompt) -> FewShotPrompt:

@@ -64,12 +64,20 @@ class TrainToolkensRecipe:
         tool_index = {n: i for i, n in enumerate(tool_names)}
         max_len = int(cfg["data"].get("max_length", 512))
         tok = self.backbone.tokenizer
-        self.train_enc = encode_examples(tok, self.task.train, tool_index, max_len)
-        self.val_enc = encode_examples(tok, self.task.val, tool_index, max_len)
+        prefix_ids = None
+        if self.task.kind == "choice":  # one choice point per example after a shared prefix (MetaTool)
+            from .tasks.metatool import encode_choices
+
+            self.train_enc = encode_choices(tok, self.task.train, tool_index)
+            self.val_enc = encode_choices(tok, self.task.val, tool_index)
+            prefix_ids = tok(self.task.prefix, add_special_tokens=False)["input_ids"]
+        else:
+            self.train_enc = encode_examples(tok, self.task.train, tool_index, max_len)
+            self.val_enc = encode_examples(tok, self.task.val, tool_index, max_len)
         cache_cfg = cfg.get("cache", {})
         common = dict(dtype=cache_cfg.get("dtype", "float16"),
                       max_tokens_per_batch=int(cache_cfg.get("max_tokens_per_batch", 1024)),
-                      progress=bool(cfg["trainer"].get("progress", True)))
+                      progress=bool(cfg["trainer"].get("progress", True)), prefix_ids=prefix_ids)
         cache_root = Path(cfg["cache_dir"])
         self.train_cache = build_feature_cache(self.backbone, self.train_enc, cache_root, desc="train features", **common)
         self.val_cache = (build_feature_cache(self.backbone, self.val_enc, cache_root, desc="val features", **common)
@@ -119,9 +127,27 @@ class TrainToolkensRecipe:
             "time/train_cache_build_s": self.train_cache.meta["build_seconds"],
             "cache/train_tokens_per_s": self.train_cache.meta["tokens_per_second"],
         })
+        metrics.update(self.train_reranker())
         self.logger.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=self.trainer.epoch)
         self.metrics = metrics
         return metrics
+
+    def train_reranker(self) -> dict:
+        """Stage 2 (Toolken+), on top of the trained and calibrated stage-1 head."""
+        rcfg = self.cfg.get("reranker") or {"name": "none"}
+        if rcfg.get("name", "none") == "none":
+            return {}
+        from .rerank_train import fit_reranker
+
+        t0 = time.perf_counter()
+        out = fit_reranker(rcfg, self.backbone, self.head, kind=self.task.kind, prefix=self.task.prefix,
+                           tool_docs=self.task.tool_docs, train_enc=self.train_enc,
+                           train_feats=self.trainer.data, val_enc=self.val_enc,
+                           val_feats=CachedFeatures(self.val_cache) if self.val_cache is not None else None,
+                           seed=int(self.cfg.get("seed", 0)), progress=bool(self.cfg["trainer"].get("progress", True)))
+        out["time/reranker_s"] = round(time.perf_counter() - t0, 2)
+        log.info("reranker %s: %s", rcfg["name"], {k: v for k, v in out.items() if "rerank" in k})
+        return out
 
     # ----------------------------------------------------------------- save
     def save(self) -> Path:

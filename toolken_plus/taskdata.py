@@ -16,6 +16,10 @@ class TaskData:
     train: list[Example]
     val: list[Example]
     notes: list[str] = field(default_factory=list)  # data statistics worth printing
+    # "text": call-annotated texts, every position labelled (GSM8K-XL, custom);
+    # "choice": one choice point per example after a shared `prefix` (MetaTool).
+    kind: str = "text"
+    prefix: str = ""
 
 
 def _limit(examples: list, n) -> list:
@@ -67,7 +71,29 @@ def load_custom(task: dict, data: dict) -> TaskData:
                     notes=[f"custom task: {len(train)} train / {len(val)} validation examples, tools {list(tools)}"])
 
 
-TASKS = {"gsm8k_xl": load_gsm8k_xl, "custom": load_custom}
+def load_metatool(task: dict, data: dict) -> TaskData:
+    from .tasks import metatool
+
+    split = metatool_split(task, data)
+    docs = metatool.load_tool_docs(Path(data["root"]) / task["docs_file"])
+    return TaskData(task["name"], list(docs), docs, _limit(split.train, data.get("limit_train")),
+                    _limit(split.val, data.get("limit_eval")), notes=split.notes, kind="choice",
+                    prefix=metatool.PROMPT_PREFIX)
+
+
+def metatool_split(task: dict, data: dict):
+    """The seeded MetaTool split; train.py and infer.py both call this."""
+    from .tasks import metatool
+
+    root = Path(data["root"])
+    docs = metatool.load_tool_docs(root / task["docs_file"])
+    queries = metatool.load_queries_csv(root / task["data_file"], docs)
+    awareness = metatool.load_awareness(root / task["awareness_file"], docs)
+    return metatool.split_metatool(queries, awareness, val_frac=float(task.get("val_frac", 0.1)),
+                                   test_frac=float(task.get("test_frac", 0.1)), seed=int(task.get("split_seed", 0)))
+
+
+TASKS = {"gsm8k_xl": load_gsm8k_xl, "custom": load_custom, "metatool": load_metatool}
 
 
 def load_task_data(task: dict, data: dict) -> TaskData:

@@ -1,0 +1,116 @@
+"""MetaTool: data split, choice encoding, the prefix-reusing cache, and the
+train → infer path with both rerankers on a tiny random backbone."""
+
+import json
+
+import pytest
+import torch
+
+from toolken_plus.cache import build_feature_cache
+from toolken_plus.choice_eval import choice_metrics
+from toolken_plus.encoding import IGNORE, VOCAB
+from toolken_plus.recipe import TrainToolkensRecipe
+from toolken_plus.taskdata import metatool_split
+from toolken_plus.tasks import metatool
+from toolken_plus.tasks.base import DataError
+
+TASK = {"name": "metatool", "data_file": "metatool/data/all_clean_data.csv", "docs_file": "metatool/plugin_des.json",
+        "awareness_file": "metatool/tmp_dataset/Task1.json", "val_frac": 0.1, "test_frac": 0.1, "split_seed": 0}
+
+
+@pytest.fixture(scope="module")
+def split(data_root):
+    return metatool_split(TASK, {"root": str(data_root)})
+
+
+def test_split_is_disjoint_stratified_and_awareness_balanced(split, data_root):
+    q = lambda xs: {x.query for x in xs}  # noqa: E731
+    assert not (q(split.train) & q(split.test)) and not (q(split.train) & q(split.val))
+    assert not (q(split.train) & q(split.awareness_test)) and not (q(split.val) & q(split.awareness_test))
+    docs = metatool.load_tool_docs(data_root / TASK["docs_file"])
+    assert len(docs) == 199
+    test_tools = {x.tool for x in split.test}
+    assert len(test_tools) >= 190  # every tool with >= 3 queries has test queries
+    assert sum(x.tool is None for x in split.awareness_test) == sum(x.tool is not None for x in split.awareness_test) == 260
+    assert sum(x.tool is None for x in split.train) > 0 and sum(x.tool is None for x in split.val) > 0
+    again = metatool_split(TASK, {"root": str(data_root)})
+    assert [x.id for x in again.test] == [x.id for x in split.test]  # seeded
+
+
+def test_choice_encoding_labels_only_the_choice_point(smol_tokenizer):
+    exs = [metatool.ChoiceExample("a", "What's the weather?", "WeatherTool"), metatool.ChoiceExample("b", "Hi there", None)]
+    enc = metatool.encode_choices(smol_tokenizer, exs, {"WeatherTool": 3})
+    assert smol_tokenizer.decode(enc[0].input_ids).endswith("Tool:")
+    assert enc[0].tool_label[-1] == 3 and enc[1].tool_label[-1] == VOCAB
+    assert (enc[0].tool_label[:-1] == IGNORE).all()
+    none_id = smol_tokenizer(" None", add_special_tokens=False)["input_ids"][0]
+    assert enc[1].next_token[-1] == none_id
+
+
+def test_query_csv_reads_none_and_names_bad_rows(tmp_path):
+    f = tmp_path / "q.csv"
+    f.write_text("Query,Tool\nWhat's up?,None\nWeather in Paris,WeatherTool\n")
+    rows = metatool.load_queries_csv(f, {"WeatherTool"})
+    assert [r.tool for r in rows] == [None, "WeatherTool"]
+    f.write_text("Query,Tool\nok,WeatherTool\nbad,NoSuchTool\n")
+    with pytest.raises(DataError, match=r"q.csv:3: unknown tool 'NoSuchTool'"):
+        metatool.load_queries_csv(f, {"WeatherTool"})
+
+
+def test_prefix_reusing_cache_equals_full_forward(tiny_backbone, cache_root):
+    tok = tiny_backbone.tokenizer
+    prefix = tok(metatool.PROMPT_PREFIX, add_special_tokens=False)["input_ids"]
+    exs = [metatool.ChoiceExample(str(i), q, "A") for i, q in enumerate(["short one", "a somewhat longer query here ok"])]
+    enc = metatool.encode_choices(tok, exs, {"A": 0})
+    cache = build_feature_cache(tiny_backbone, enc, cache_root, dtype="float32", progress=False, prefix_ids=prefix)
+    for row, e in enumerate(enc):
+        with torch.no_grad():
+            h, _ = tiny_backbone.final_hidden(torch.tensor([prefix + e.input_ids.tolist()]))
+        assert torch.allclose(torch.from_numpy(cache.h[row].copy()), h[0, -1], atol=1e-4)
+    assert cache.meta["prefix_tokens"] == len(prefix)
+
+
+def test_choice_metrics():
+    preds = [
+        {"gold": "A", "selected": "A", "called": "A", "triggered": True, "stage1_topk": ["A", "B"]},
+        {"gold": "B", "selected": "A", "called": None, "triggered": True, "stage1_topk": ["A", "B"]},
+        {"gold": None, "selected": "A", "called": "A", "triggered": True, "stage1_topk": ["A", "B"]},
+        {"gold": None, "selected": "B", "called": None, "triggered": False, "stage1_topk": ["B", "A"]},
+    ]
+    m = choice_metrics(preds, k=2)
+    assert m["top1_accuracy"] == 0.5 and m["top2_accuracy"] == 1.0 and m["end_to_end_accuracy"] == 0.5
+    assert m["awareness_accuracy"] == 0.5 and m["call_precision"] == 0.5 and m["call_recall"] == 0.5
+    assert m["rejected_rate"] == 0.5 and m["false_positive_calls"] == 1
+    assert m["per_tool"]["B"] == {"accuracy": 0.0, "n": 1}
+
+
+@pytest.mark.parametrize("reranker", ["llm", "embedding"])
+def test_train_and_infer_metatool_end_to_end(tiny_backbone, data_root, tmp_path, reranker, monkeypatch):
+    from toolken_plus import choice_eval, rerank_train
+    from toolken_plus.embedder import HashEmbedder
+
+    if reranker == "embedding":  # the MiniLM model is tested elsewhere; keep this fast
+        monkeypatch.setattr("toolken_plus.embedder.SentenceEmbedder", lambda *a, **k: HashEmbedder())
+    rcfg = {"name": reranker, "k": 3, "max_train": 80, "max_val": 40, "epochs": 2, "state_batch": 8}
+    cfg = {"seed": 0, "cache_dir": str(tmp_path / "cache"), "task": TASK, "reranker": rcfg,
+           "data": {"root": str(data_root), "limit_train": 80, "limit_eval": 40, "max_length": 128},
+           "trainer": {"epochs": 2, "lr": 1e-2, "batch_size": 16, "progress": False},
+           "model": {"kind": "tiny_random"}, "logger": None}
+    run = tmp_path / "train"
+    recipe = TrainToolkensRecipe(cfg, run, backbone=tiny_backbone)
+    metrics = recipe.run()
+    assert "val_rerank/accuracy" in metrics
+    saved = json.loads((run / "toolken_config.json").read_text())
+    assert saved["reranker"]["name"] == reranker and len(saved["tools"]) == 199
+    for which in ("selection", "awareness"):
+        icfg = {**cfg, "checkpoint": str(run), "data": {**cfg["data"], "eval": which, "limit_eval": 24},
+                "agent": {"progress": False}}
+        m, out = choice_eval.run_choice_inference(icfg, tmp_path / which, backbone=tiny_backbone)
+        assert m["n"] == 24 and m["reranker"] == reranker
+        assert 0.0 <= m["top1_accuracy"] <= m["top3_accuracy"] + 1e-9 or m["top1_accuracy"] <= 1.0
+        assert (out / "confusion.png").stat().st_size > 1000 and (out / "report.md").is_file()
+        rows = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
+        assert len(rows) == 24 and all(set(r["rerank"]) == {"candidates", "chosen", "scores"} for r in rows)
+        if which == "awareness":
+            assert "awareness_accuracy" in m and "call_f1" in m
+    assert rerank_train is not None

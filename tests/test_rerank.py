@@ -1,0 +1,149 @@
+"""Stage 2 (Toolken+): candidates, the masked softmax, the doc-block pass
+with prefix reuse, mining, W_r training and threshold calibration."""
+
+import numpy as np
+import pytest
+import torch
+
+from toolken_plus.embedder import HashEmbedder
+from toolken_plus.kv import crop_row, prefix_row
+from toolken_plus.rerank import (EmbeddingReranker, LLMReranker, NoReranker, RerankQuery, candidate_mask,
+                                 candidates, doc_block, init_rerank_weight, masked_scores)
+from toolken_plus.rerank_train import (RerankSet, calibrate_threshold, mine, rerank_metrics, subsample,
+                                       train_rerank_weight)
+
+TOOLS = ["add", "subtract", "multiply", "divide"]
+DOCS = {"add": "adds two numbers", "subtract": "subtracts the second number from the first",
+        "multiply": "multiplies numbers", "divide": "divides the first number by the second"}
+
+
+def test_candidates_are_topk_best_first_and_forced_gold_joins():
+    s = torch.tensor([0.1, 3.0, 2.0, -1.0])
+    assert candidates(s, 2) == [1, 2]
+    # a forced gold outside the top-k replaces the k-th, at the drawn line
+    assert candidates(s, 2, force=3) == [3, 1]
+    assert candidates(s, 2, force=0, force_slot=1) == [1, 0]
+    assert candidates(s, 3, force=3, force_slot=4) == [1, 3, 2]
+    assert candidates(s, 2, force=2, force_slot=0) == [1, 2]
+
+
+def test_masked_softmax_only_candidates_and_reject_can_win():
+    mask = candidate_mask([1, 2], 4)
+    assert mask.tolist() == [False, True, True, False, True]
+    logits = torch.tensor([100.0, 1.0, 2.0, 50.0, 0.5])  # tools 0 and 3 are not candidates
+    s = masked_scores(logits, mask)
+    assert int(s.argmax()) == 2
+    p = torch.softmax(s, 0)
+    assert p[0] == 0 and p[3] == 0 and torch.isclose(p.sum(), torch.tensor(1.0))
+    assert int(masked_scores(torch.tensor([9.0, 1.0, 2.0, 9.0, 5.0]), mask).argmax()) == 4  # Reject wins
+
+
+def test_doc_block_lists_candidates_then_reject_and_ends_with_cue():
+    text = doc_block([2, 0], TOOLS, DOCS, max_doc_chars=12)
+    lines = text.strip().splitlines()
+    assert lines[1] == "- multiply: multiplie..." and lines[2] == "- add: adds two..."
+    assert lines[3].startswith("- none:") and text.endswith("[Best choice]:")
+
+
+def test_rerank_state_with_reused_kv_equals_full_forward(tiny_backbone):
+    tok = tiny_backbone.tokenizer
+    context = "Question: Natalia sold 48 clips in April and half as many in May. Answer: 48/2 ="
+    ids = tok(context, add_special_tokens=False)["input_ids"]
+    w = init_rerank_weight(torch.randn(4, tiny_backbone.hidden_size))
+    rr = LLMReranker(tiny_backbone, w, TOOLS, DOCS, k=2)
+    scores = torch.tensor([0.3, -0.2, 1.5, 0.9])
+    layers, n = prefix_row(tiny_backbone, ids)
+    # two rows of different lengths batched together: padding must not leak
+    short = ids[:7]
+    qs = [RerankQuery(scores, layers=layers, n=n), RerankQuery(scores.flip(0), layers=crop_row(layers, 7), n=7)]
+    g, cands = rr.states(qs)
+    assert cands == [[2, 3], [1, 0]]
+    for row, (c, ctx) in enumerate(zip(cands, [ids, short])):
+        full = ctx + rr.block_ids(c)
+        with torch.no_grad():
+            h, _ = tiny_backbone.final_hidden(torch.tensor([full]))
+        assert torch.allclose(g[row], h[0, -1], atol=1e-4)
+    # pending tokens (not yet in the row) are the same as having them cached
+    half = len(ids) // 2
+    pl, pn = prefix_row(tiny_backbone, ids[:half])
+    g2, _ = rr.states([RerankQuery(scores, layers=pl, n=pn, pending=ids[half:])])
+    assert torch.allclose(g2[0], g[0], atol=1e-4)
+
+
+def test_llm_reranker_decides_with_w_r_and_rejects(tiny_backbone):
+    d = tiny_backbone.hidden_size
+    w = torch.zeros(5, d)
+    rr = LLMReranker(tiny_backbone, w, TOOLS, DOCS, k=2)
+    ids = tiny_backbone.tokenizer("She has 100 - 50 =", add_special_tokens=False)["input_ids"]
+    layers, n = prefix_row(tiny_backbone, ids)
+    q = RerankQuery(torch.tensor([0.0, 2.0, 1.0, -1.0]), layers=layers, n=n)
+    g, cands = rr.states([q])
+    w[2] = g[0] * 10  # tool 2 scores highest
+    w[0] = g[0] * 100  # tool 0 scores even higher, but is not a candidate
+    assert rr.decide([q])[0].chosen == 2
+    w[4] = g[0] * 20  # Reject beats both candidates
+    dec = rr.decide([q])[0]
+    assert dec.chosen is None and dec.candidates == [1, 2] and len(dec.scores) == 3
+    assert dec.to_dict(TOOLS)["chosen"] is None
+
+
+def test_no_reranker_is_stage1_argmax():
+    dec = NoReranker(k=3).decide([RerankQuery(torch.tensor([0.0, 2.0, 1.0, -1.0]))])[0]
+    assert dec.chosen == 1 and dec.candidates == [1, 2, 0]
+
+
+def test_mine_keeps_gold_positions_and_false_positive_triggers():
+    scores = torch.tensor([[5.0, 0.0], [0.0, 1.0], [3.0, 0.0], [0.0, 0.0]])
+    max_logit = torch.tensor([1.0, 4.0, 1.0, 2.0])
+    label = torch.tensor([0, 1, -1, -1])
+    rows, labels = mine(scores, max_logit, label, bias=0.0, n_tools=2)
+    # row 1: gold tool though untriggered (kept); row 2: false positive → Reject; row 3: nothing
+    assert rows.tolist() == [0, 1, 2] and labels.tolist() == [0, 1, 2]
+    rows, labels = mine(scores, max_logit, label, bias=-5.0, n_tools=2)
+    assert rows.tolist() == [0, 1]
+    r, lab = subsample(torch.arange(10), torch.arange(10), 4, seed=0)
+    assert len(r) == 4 and r.tolist() == lab.tolist() and r.tolist() == sorted(r.tolist())
+
+
+def test_train_rerank_weight_learns_a_separable_task():
+    torch.manual_seed(0)
+    n, d = 3, 8
+    protos = torch.randn(n + 1, d) * 3
+    labels = torch.randint(0, n + 1, (400,))
+    g = protos[labels] + 0.3 * torch.randn(400, d)
+    masks = torch.ones(400, n + 1, dtype=torch.bool)
+    masks[:, 0] = labels == 0  # tool 0 is only a candidate where it is gold
+    data = RerankSet(g, masks, labels)
+    init = init_rerank_weight(torch.zeros(n, d))
+    before = rerank_metrics(init, data, n)["val_rerank/accuracy"]
+    w, losses = train_rerank_weight(init, data, epochs=15, lr=0.05, progress=False)
+    after = rerank_metrics(w, data, n)
+    assert losses[-1] < losses[0] and after["val_rerank/accuracy"] > 0.95 > before
+    assert after["val_rerank/fp_rejected"] > 0.9
+
+
+class _TextContexts:
+    def __init__(self, texts):
+        self.texts = texts
+
+    def queries(self, rows, scores, force):
+        return [RerankQuery(s, text=self.texts[r], force=f) for r, s, f in zip(rows, scores, force)]
+
+
+def test_embedding_reranker_prefers_matching_doc_and_calibrates_reject():
+    emb = HashEmbedder(dim=256)
+    texts = ["please divide the first number by the second", "multiplies numbers together now",
+             "the weather is nice today", "a story about a cat"]
+    rr = EmbeddingReranker(emb, TOOLS, DOCS, k=4, alpha=1.0)
+    flat = torch.zeros(4)
+    assert rr.decide([RerankQuery(flat, text=texts[0])])[0].chosen == 3
+    rows, labels = torch.arange(4), torch.tensor([3, 2, 4, 4])
+    thr, metrics = calibrate_threshold(rr, _TextContexts(texts), rows, labels, torch.zeros(4, 4), n_tools=4)
+    rr.threshold = thr
+    chosen = [d.chosen for d in rr.decide([RerankQuery(flat, text=t) for t in texts])]
+    assert chosen == [3, 2, None, None] and metrics["val_rerank/accuracy"] == 1.0
+
+
+def test_hash_embedder_is_deterministic_and_unit_norm():
+    a = HashEmbedder().encode(["abc def", "xyz"])
+    assert torch.allclose(a.norm(dim=1), torch.ones(2)) and torch.equal(a, HashEmbedder().encode(["abc def", "xyz"]))
