@@ -174,6 +174,10 @@ def test_external_plugin_tool_is_added_trained_and_called(install, tmp_path, tin
     assert torch.equal(new_t["rerank.weight"][:4], old_t["rerank.weight"][:4])
     assert torch.equal(new_t["rerank.weight"][5], old_t["rerank.weight"][4])  # Reject stays last
     assert torch.equal(new_t["rerank.weight"][4], new_t["toolken.weight"][4])  # initialised from the new toolken
+    from toolken_plus.rerank_train import build_reranker  # the Toolken+ reranker accepts the enlarged W_r
+
+    reranker = build_reranker({"name": "llm", "k": 2}, tiny_backbone, new, {n: f"doc of {n}" for n in new.tool_names})
+    assert torch.equal(reranker.weight, new_t["rerank.weight"])
 
     saved = json.loads((tmp_path / "added" / "toolken_config.json").read_text())
     hashes = {t["name"]: t["doc_hash"] for t in saved["tools"]}
