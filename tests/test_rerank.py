@@ -147,3 +147,14 @@ def test_embedding_reranker_prefers_matching_doc_and_calibrates_reject():
 def test_hash_embedder_is_deterministic_and_unit_norm():
     a = HashEmbedder().encode(["abc def", "xyz"])
     assert torch.allclose(a.norm(dim=1), torch.ones(2)) and torch.equal(a, HashEmbedder().encode(["abc def", "xyz"]))
+
+
+def test_empty_prefix_row_extends_like_a_fresh_forward(tiny_backbone):
+    from toolken_plus.kv import prefill_rows
+
+    layers, n = prefix_row(tiny_backbone, [])
+    ids = tiny_backbone.tokenizer("What is 2 plus 3?", add_special_tokens=False)["input_ids"]
+    (_, m, h), = prefill_rows(tiny_backbone, [(layers, n, ids)])
+    with torch.no_grad():
+        full, _ = tiny_backbone.final_hidden(torch.tensor([ids]))
+    assert n == 0 and m == len(ids) and torch.allclose(h, full[0, -1], atol=1e-5)

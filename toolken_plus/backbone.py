@@ -87,7 +87,16 @@ class Backbone:
         """A KV cache object from per-layer (keys, values) tensors [B, heads, T, dim]."""
         from transformers.cache_utils import DynamicCache
 
-        return DynamicCache(ddp_cache_data=layers, config=self.model.config)
+        cache = DynamicCache(config=self.model.config)
+        cache_layers_ = getattr(cache, "layers", None)
+        if cache_layers_ is None or len(cache_layers_) != len(layers) or not hasattr(cache_layers_[0], "lazy_initialization"):
+            return DynamicCache(ddp_cache_data=layers, config=self.model.config)
+        # Adopt the tensors as they are: DynamicCache(ddp_cache_data=…) would
+        # copy every layer once more (a cat onto an empty tensor).
+        for layer, (k, v) in zip(cache_layers_, layers):
+            layer.lazy_initialization(k, v)
+            layer.keys, layer.values = k, v
+        return cache
 
 
 def cache_layers(cache) -> list[tuple]:

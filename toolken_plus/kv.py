@@ -16,7 +16,15 @@ from .backbone import Backbone, cache_layers
 
 @torch.no_grad()
 def prefix_row(backbone: Backbone, ids: list[int]) -> tuple[list[tuple], int]:
-    """The KV row of a token sequence, computed from scratch."""
+    """The KV row of a token sequence, computed from scratch (an empty
+    sequence gives an empty row, e.g. a prompt without few-shot demos)."""
+    if not ids:
+        c = backbone.model.config
+        kv_heads = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
+        head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+        dtype = next(backbone.model.parameters()).dtype
+        empty = torch.zeros(1, kv_heads, 0, head_dim, dtype=dtype)
+        return [(empty, empty.clone()) for _ in range(c.num_hidden_layers)], 0
     _, cache = backbone.final_hidden(torch.tensor([ids]), use_cache=True)
     return [(k.clone(), v.clone()) for k, v in cache_layers(cache)], len(ids)
 
