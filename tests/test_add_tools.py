@@ -116,9 +116,9 @@ def test_addition_needs_training_calls_of_every_new_tool(tmp_path, tiny_backbone
         plan.check(task, tiny_backbone)
 
 
-def test_adding_tools_with_a_stage2_reranker_is_refused_for_now(tmp_path):
+def test_adding_tools_needs_the_reranker_the_checkpoint_was_trained_with(tmp_path):
     ToolkenHead(["add"], 8).save(tmp_path)
-    with pytest.raises(ValueError, match="reranker=llm is not supported yet"):
+    with pytest.raises(ValueError, match="trained with reranker=none"):
         ToolAddition.from_config({"checkpoint": str(tmp_path), "tools": {"add": ["weather"]}, "reranker": {"name": "llm"}})
 
 
@@ -235,3 +235,24 @@ def test_train_py_adds_a_plugin_tool_from_the_command_line(tmp_path, data_root):
     assert new.shape[0] == 5 and torch.equal(new[:4], old)
     names = [t["name"] for t in json.loads((tmp_path / "added" / "toolken_config.json").read_text())["tools"]]
     assert names == CALCULATOR + ["weather"]
+
+
+def test_adding_tools_with_the_llm_reranker_trains_only_the_new_rerank_row(install, tmp_path, tiny_backbone, data_root, base_run):
+    cfg_file = base_run / "toolken_config.json"
+    saved = json.loads(cfg_file.read_text())
+    saved["reranker"] = {"name": "llm", "k": 2, "max_doc_chars": 200}
+    cfg_file.write_text(json.dumps(saved))
+    install(weather_distribution)
+    train = _write_jsonl(tmp_path / "weather.jsonl", weather_examples(8))
+    val = _write_jsonl(tmp_path / "weather_val.jsonl", weather_examples(4))
+    cfg = _compose(["task=custom", "model=tiny_random", "reranker=llm", "reranker.k=2", "reranker.epochs=3",
+                    "reranker.lr=0.05", f"task.train_file={train}", f"task.val_file={val}", f"checkpoint={base_run}",
+                    "tools.add=[weather]", "trainer.epochs=2", "trainer.lr=0.05", "trainer.progress=false",
+                    f"cache_dir={tmp_path / 'cache'}", f"data.root={data_root}"])
+    metrics = TrainToolkensRecipe(cfg, tmp_path / "added", backbone=tiny_backbone).run()
+    assert metrics["rerank/train_positions"] > 0
+    old_t = load_file(str(base_run / "toolkens.safetensors"))
+    new_t = load_file(str(tmp_path / "added" / "toolkens.safetensors"))
+    assert torch.equal(new_t["rerank.weight"][:4], old_t["rerank.weight"][:4])  # old rows kept
+    assert torch.equal(new_t["rerank.weight"][5], old_t["rerank.weight"][4])  # Reject kept, last
+    assert not torch.allclose(new_t["rerank.weight"][4], new_t["toolken.weight"][4])  # the new row trained

@@ -89,11 +89,10 @@ class ToolAddition:
         if already:
             raise ValueError(f"tools.add: {already} are already in {ckpt} (its tools: {base.tool_names})")
         reranker = (cfg.get("reranker") or {}).get("name", "none")
-        if reranker != "none":
-            # Stage 2 would retrain every rerank row; adding tools must keep the old ones.
-            raise ValueError(f"adding tools with reranker={reranker} is not supported yet: stage-2 training of only the "
-                             "new rerank rows is missing. Use reranker=none: the new rerank rows are then initialised "
-                             "from the new toolken rows and the old ones are kept.")
+        trained_with = base.rerank_config.get("name", "none")
+        if reranker != "none" and reranker != trained_with:
+            raise ValueError(f"adding tools with reranker={reranker} to {ckpt}, which was trained with "
+                             f"reranker={trained_with}: use the same reranker (or reranker=none to keep stage 2 as it is)")
         return cls(ckpt, base, add, bool((cfg.get("tools") or {}).get("recalibrate_bias", False)))
 
     @property

@@ -144,7 +144,8 @@ class TrainToolkensRecipe:
                            tool_docs=self.task.tool_docs, train_enc=self.train_enc,
                            train_feats=self.trainer.data, val_enc=self.val_enc,
                            val_feats=CachedFeatures(self.val_cache) if self.val_cache is not None else None,
-                           seed=int(self.cfg.get("seed", 0)), progress=bool(self.cfg["trainer"].get("progress", True)))
+                           seed=int(self.cfg.get("seed", 0)), progress=bool(self.cfg["trainer"].get("progress", True)),
+                           frozen_tools=self.addition.n_old if self.addition else 0)
         out["time/reranker_s"] = round(time.perf_counter() - t0, 2)
         log.info("reranker %s: %s", rcfg["name"], {k: v for k, v in out.items() if "rerank" in k})
         return out

@@ -135,9 +135,13 @@ def rerank_loss(weight: torch.Tensor, g: torch.Tensor, masks: torch.Tensor, labe
 
 
 def train_rerank_weight(init: torch.Tensor, data: RerankSet, *, epochs: int = 20, lr: float = 1e-3,
-                        batch_size: int = 32, seed: int = 0, progress: bool = True) -> tuple[torch.Tensor, list[float]]:
-    """Masked cross-entropy over C ∪ {Reject}; returns W_r and the per-epoch losses."""
+                        batch_size: int = 32, seed: int = 0, progress: bool = True,
+                        frozen: torch.Tensor | None = None) -> tuple[torch.Tensor, list[float]]:
+    """Masked cross-entropy over C ∪ {Reject}; returns W_r and the per-epoch
+    losses. Rows marked in `frozen` (bool, one per row) keep their values
+    exactly (adding tools to a trained checkpoint)."""
     w = torch.nn.Parameter(init.detach().clone().float())
+    kept = init.detach().clone().float()
     opt = torch.optim.Adam([w], lr=lr)
     g = torch.Generator().manual_seed(seed)
     losses = []
@@ -150,6 +154,9 @@ def train_rerank_weight(init: torch.Tensor, data: RerankSet, *, epochs: int = 20
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if frozen is not None:
+                with torch.no_grad():
+                    w[frozen] = kept[frozen]
             total, steps = total + loss.item(), steps + 1
         losses.append(total / max(steps, 1))
     return w.detach(), losses
@@ -241,9 +248,13 @@ def build_reranker(rcfg: dict, backbone: Backbone, head, tool_docs: dict[str, st
 
 def fit_reranker(rcfg: dict, backbone: Backbone, head, *, kind: str, prefix: str, tool_docs: dict[str, str],
                  train_enc: list[Encoded], train_feats: CachedFeatures, val_enc: list[Encoded],
-                 val_feats: CachedFeatures | None, seed: int = 0, progress: bool = True, embedder=None) -> dict:
+                 val_feats: CachedFeatures | None, seed: int = 0, progress: bool = True, embedder=None,
+                 frozen_tools: int = 0) -> dict:
     """Stage 2 for `reranker.name` in {llm, embedding}; sets head.rerank_* and
-    returns metrics. The stage-1 head (and its calibrated bias) is fixed."""
+    returns metrics. The stage-1 head (and its calibrated bias) is fixed.
+    `frozen_tools` > 0 (adding tools to a checkpoint): W_r starts from the
+    head's grown matrix and only the new tools' rows are trained; the first
+    `frozen_tools` rows and Reject stay exactly as they were."""
     name = rcfg.get("name", "none")
     n = head.n_tools
     bias = float(head.logit_bias)
@@ -255,15 +266,23 @@ def fit_reranker(rcfg: dict, backbone: Backbone, head, *, kind: str, prefix: str
         out["rerank/mined_gold"] = int((labels < n).sum())
         out["rerank/mined_false_positives"] = int((labels == n).sum())
         rows, labels = subsample(rows, labels, rcfg.get("max_train"), seed)
-        reranker = LLMReranker(backbone, init_rerank_weight(head.weight), head.tool_names, tool_docs, k,
-                               int(rcfg.get("max_doc_chars", 200)))
+        frozen = None
+        init = init_rerank_weight(head.weight)
+        if frozen_tools:
+            if head.rerank_weight is None or head.rerank_weight.shape[0] != n + 1:
+                raise ValueError("adding tools with reranker=llm needs a base checkpoint trained with reranker=llm")
+            init = head.rerank_weight.detach().clone()
+            frozen = torch.zeros(n + 1, dtype=torch.bool)
+            frozen[:frozen_tools] = True
+            frozen[n] = True
+        reranker = LLMReranker(backbone, init, head.tool_names, tool_docs, k, int(rcfg.get("max_doc_chars", 200)))
         data = build_rerank_set(reranker, make_contexts(backbone, kind, prefix, train_enc), rows, labels, scores,
                                 batch_size=int(rcfg.get("state_batch", 16)), progress=progress, desc="rerank states (train)")
         out["rerank/train_positions"] = len(rows)
         out["time/rerank_states_s"] = round(data.seconds, 2)
         weight, losses = train_rerank_weight(reranker.weight, data, epochs=int(rcfg.get("epochs", 20)),
                                              lr=float(rcfg.get("lr", 1e-3)), batch_size=int(rcfg.get("batch_size", 32)),
-                                             seed=seed, progress=progress)
+                                             seed=seed, progress=progress, frozen=frozen)
         out["rerank/train_loss"] = losses[-1] if losses else None
         out.update(rerank_metrics(weight, data, n, prefix="train_rerank/"))
         head.rerank_weight = torch.nn.Parameter(weight, requires_grad=False)
@@ -279,6 +298,10 @@ def fit_reranker(rcfg: dict, backbone: Backbone, head, *, kind: str, prefix: str
                         _decision_metrics(vs[vrows].argmax(1), vlabels, n, "val_rerank/").items()})
         return out
     if name == "embedding":
+        if frozen_tools:
+            # No per-tool parameters to train; recalibrating the threshold
+            # would change the decisions on the old tools, so it is kept.
+            return {"rerank/threshold": head.rerank_config.get("threshold")}
         if val_feats is None:
             raise ValueError("reranker=embedding calibrates its Reject threshold on validation data: none given")
         if embedder is None:
