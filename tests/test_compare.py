@@ -17,7 +17,9 @@ def test_table_lists_each_setting(tmp_path):
     a = _run(tmp_path, "a", setting="no_tools", n=10, accuracy=0.1, tool_calls=0, tool_errors=0, false_positive_calls=0, seconds=5)
     b = _run(tmp_path, "b", setting="toolkens", n=10, accuracy=0.25, tool_calls=31, tool_errors=2, false_positive_calls=7, seconds=9)
     out = table([a, b]).splitlines()
-    assert len(out) == 4 and "| no_tools | 10 | 0.100 |" in out[2] and "| toolkens | 10 | 0.250 | 31 | 2 | 7 | 9 |" == out[3]
+    assert len(out) == 4 and "| no tools | 10 | 0.100 |" in out[2] and "| ToolkenGPT | 10 | 0.250 | 31 | 2 | 7 | 9 |" == out[3]
+    p = _run(tmp_path, "p", setting="toolkens", reranker="llm", rerank_rejects=3, n=10, accuracy=0.2)
+    assert "| Toolken+ (llm), 3 rejects | 10 | 0.200 |" in table([a, p]).splitlines()[3]
     c = _run(tmp_path, "c", setting="x", n=11, accuracy=0.0)
     with pytest.raises(ValueError, match="not comparable"):
         table([a, c])

@@ -9,7 +9,7 @@ import argparse
 import json
 from pathlib import Path
 
-COLUMNS = [("setting", "setting", "{}"), ("n", "questions", "{}"), ("accuracy", "accuracy", "{:.3f}"),
+COLUMNS = [("label", "setting", "{}"), ("n", "questions", "{}"), ("accuracy", "accuracy", "{:.3f}"),
            ("tool_calls", "tool calls", "{}"), ("tool_errors", "tool errors", "{}"),
            ("false_positive_calls", "false-positive calls", "{}"), ("seconds", "wall s", "{}")]
 
@@ -20,7 +20,13 @@ def table(run_dirs: list[Path]) -> str:
         path = Path(d) / "metrics.json"
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found: pass run dirs of infer.py")
-        rows.append(json.loads(path.read_text()))
+        row = json.loads(path.read_text())
+        reranker = row.get("reranker", "none")
+        # ToolkenGPT = toolkens alone; Toolken+ = toolkens + a reranker
+        row["label"] = {"no_tools": "no tools", "toolkens": "ToolkenGPT"}.get(row.get("setting"), row.get("setting", ""))
+        if row.get("setting") == "toolkens" and reranker != "none":
+            row["label"] = f"Toolken+ ({reranker}), {row.get('rerank_rejects', 0)} rejects"
+        rows.append(row)
     questions = {r["n"] for r in rows}
     if len(questions) > 1:
         raise ValueError(f"runs answered different numbers of questions {sorted(questions)}: not comparable")
