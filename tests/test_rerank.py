@@ -103,6 +103,11 @@ def test_mine_keeps_gold_positions_and_false_positive_triggers():
     assert rows.tolist() == [0, 1]
     r, lab = subsample(torch.arange(10), torch.arange(10), 4, seed=0)
     assert len(r) == 4 and r.tolist() == lab.tolist() and r.tolist() == sorted(r.tolist())
+    labels = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1, 2, 0])  # 2 = Reject: rows 2, 5, 8
+    r, lab = subsample(torch.arange(10), labels, 5, seed=0, keep_label=2)
+    assert len(r) == 5 and {2, 5, 8} <= set(r.tolist()) and (lab == 2).sum() == 3
+    r, _ = subsample(torch.arange(10), labels, 5, seed=0)
+    assert len(r) == 5
 
 
 def test_train_rerank_weight_learns_a_separable_task():

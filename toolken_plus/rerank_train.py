@@ -42,10 +42,21 @@ def mine(scores: torch.Tensor, max_logit: torch.Tensor, tool_label: torch.Tensor
     return rows, labels
 
 
-def subsample(rows: torch.Tensor, labels: torch.Tensor, limit: int | None, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def subsample(rows: torch.Tensor, labels: torch.Tensor, limit: int | None, seed: int,
+              keep_label: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A seeded subsample of at most `limit` rows, in order. Rows labelled
+    `keep_label` (Reject: false positives are rare and are what Reject learns
+    from) are all kept when they fit; the rest fill the remaining budget."""
     if limit is None or len(rows) <= limit:
         return rows, labels
-    keep = torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed))[:limit].sort().values
+    g = torch.Generator().manual_seed(seed)
+    if keep_label is None:
+        keep = torch.randperm(len(rows), generator=g)[:limit]
+    else:
+        must = torch.nonzero(labels == keep_label).squeeze(1)[:limit]
+        rest = torch.nonzero(labels != keep_label).squeeze(1)
+        keep = torch.cat([must, rest[torch.randperm(len(rest), generator=g)[: limit - len(must)]]])
+    keep = keep.sort().values
     return rows[keep], labels[keep]
 
 
@@ -265,7 +276,8 @@ def fit_reranker(rcfg: dict, backbone: Backbone, head, *, kind: str, prefix: str
         rows, labels = mine(scores, max_logit, label, bias, n)
         out["rerank/mined_gold"] = int((labels < n).sum())
         out["rerank/mined_false_positives"] = int((labels == n).sum())
-        rows, labels = subsample(rows, labels, rcfg.get("max_train"), seed)
+        keep = n if rcfg.get("keep_all_rejects", False) else None
+        rows, labels = subsample(rows, labels, rcfg.get("max_train"), seed, keep_label=keep)
         frozen = None
         init = init_rerank_weight(head.weight)
         if frozen_tools:
