@@ -29,3 +29,27 @@ def test_smollm2_trains_toolkens_and_calls_real_tools(tmp_path, data_root):
             if c.result is not None:
                 assert r.generation[c.at_char:].startswith(c.result)
                 assert f"<{c.tool}>(" in r.trace
+
+
+def test_smollm2_rerank_state_with_reused_kv_equals_full_forward(data_root):
+    """The Toolken+ doc-block pass on the real backbone, on a GSM8K-XL context."""
+    import torch
+
+    from toolken_plus.backbone import SMOLLM2_135M, build_backbone
+    from toolken_plus.kv import prefix_row
+    from toolken_plus.prompts import FewShotPrompt
+    from toolken_plus.registry import calculator_tools
+    from toolken_plus.rerank import LLMReranker, RerankQuery, init_rerank_weight
+
+    backbone = build_backbone(SMOLLM2_135M)
+    tools = calculator_tools(data_root)
+    prompt = FewShotPrompt.from_file(data_root / "gsm8k-xl" / "template" / "llama_general.txt")
+    text = prompt.prefix + prompt.question_part("Natalia sold 48 clips in April and half as many in May.") + " She sold 48/2 ="
+    ids = backbone.tokenizer(text, add_special_tokens=False)["input_ids"]
+    w = init_rerank_weight(torch.randn(4, backbone.hidden_size))
+    rr = LLMReranker(backbone, w, list(tools), {n: t.doc for n, t in tools.items()}, k=3)
+    layers, n = prefix_row(backbone, ids)
+    g, cands = rr.states([RerankQuery(torch.tensor([0.1, 0.2, 0.3, 0.4]), layers=layers, n=n)])
+    with torch.no_grad():
+        full, _ = backbone.final_hidden(torch.tensor([ids + rr.block_ids(cands[0])]))
+    assert torch.allclose(g[0], full[0, -1], atol=1e-4)
