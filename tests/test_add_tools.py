@@ -174,7 +174,7 @@ def test_external_plugin_tool_is_added_trained_and_called(install, tmp_path, tin
     assert torch.equal(new_t["rerank.weight"][:4], old_t["rerank.weight"][:4])
     assert torch.equal(new_t["rerank.weight"][5], old_t["rerank.weight"][4])  # Reject stays last
     assert torch.equal(new_t["rerank.weight"][4], new_t["toolken.weight"][4])  # initialised from the new toolken
-    from toolken_plus.rerank_train import build_reranker  # the Toolken+ reranker accepts the enlarged W_r
+    from toolken_plus.rerank import build_reranker  # the Toolken+ reranker accepts the enlarged W_r
 
     reranker = build_reranker({"name": "llm", "k": 2}, tiny_backbone, new, {n: f"doc of {n}" for n in new.tool_names})
     assert torch.equal(reranker.weight, new_t["rerank.weight"])

@@ -145,23 +145,17 @@ def test_batch_cache_width_stays_bounded(tiny_backbone):
 
 
 def _llm_reranker(backbone, head, tools, reject: bool):
+    """An LLMReranker whose Reject row is set, per decision, to ±g·1e4: Reject
+    then always wins (reject=True) or always loses, whatever g is."""
     from toolken_plus.rerank import LLMReranker, init_rerank_weight
 
-    w = init_rerank_weight(head.weight)
-    w[-1] = 0.0
-    rr = LLMReranker(backbone, w, head.tool_names, {n: t.doc for n, t in tools.items()}, k=2)
-    # A huge Reject row (or a huge negative one) decides every time, whatever g is:
-    # g's direction is not fixed, so make Reject's score ±|g|·1e4 via a per-query check.
-    sign = 1.0 if reject else -1.0
+    class Scripted(LLMReranker):
+        def decide_from_states(self, g, cands):
+            assert len(g) == 1, "scripted for batch 1"
+            self.weight[-1] = (1.0 if reject else -1.0) * 1e4 * g[0] / g[0].norm()
+            return super().decide_from_states(g, cands)
 
-    original = rr.decide_from_states
-
-    def decide(g, cands):
-        rr.weight[-1] = sign * 1e4 * g[0] / g[0].norm() if len(g) == 1 else rr.weight[-1]
-        return original(g, cands)
-
-    rr.decide_from_states = decide
-    return rr
+    return Scripted(backbone, init_rerank_weight(head.weight), head.tool_names, {n: t.doc for n, t in tools.items()}, k=2)
 
 
 def test_reranker_reject_gives_the_no_tool_text_and_is_recorded(tiny_backbone, tools, prompt):

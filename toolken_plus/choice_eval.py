@@ -38,13 +38,13 @@ def predict_choices(backbone: Backbone, head, reranker, prefix: str, examples: l
     tok = backbone.tokenizer
     names = head.tool_names
     b = float(head.logit_bias) if bias is None else float(bias)
-    shared = prefix_row(backbone, tok(prefix, add_special_tokens=False)["input_ids"]) if prefix else None
+    shared = prefix_row(backbone, tok(prefix, add_special_tokens=False)["input_ids"])  # once, for every query
     need_kv = getattr(reranker, "name", "none") == "llm"
     out = []
     for s in tqdm(range(0, len(examples), batch_size), desc="choices", disable=not progress, unit="batch"):
         chunk = examples[s : s + batch_size]
         ids = [tok(ex.text, add_special_tokens=False)["input_ids"] for ex in chunk]
-        jobs = [(shared[0], shared[1], i) for i in ids] if shared else [(None, 0, i) for i in ids]
+        jobs = [(shared[0], shared[1], i) for i in ids]
         rows = prefill_rows(backbone, jobs, keep_rows=need_kv)
         hidden = torch.stack([h for _, _, h in rows])
         vocab_max = (hidden @ backbone.lm_head.weight.T).max(dim=1).values
@@ -68,7 +68,7 @@ def predict_choices(backbone: Backbone, head, reranker, prefix: str, examples: l
 
 def choice_metrics(preds: list[dict], k: int) -> dict:
     m: dict = {"n": len(preds)}
-    sel = [p for p in preds if p["gold"] is not None and p["gold"] != "?"]
+    sel = [p for p in preds if p["gold"] is not None]
     if sel:
         m["selection_n"] = len(sel)
         m["top1_accuracy"] = sum(p["selected"] == p["gold"] for p in sel) / len(sel)
@@ -146,7 +146,7 @@ def write_choice_report(preds: list[dict], metrics: dict, run_dir: Path, *, titl
         worst = sorted(metrics["per_tool"].items(), key=lambda kv: (kv[1]["accuracy"], -kv[1]["n"]))[:10]
         lines += ["", "Hardest tools (top-1 accuracy, n):", ""]
         lines += [f"- {t}: {v['accuracy']:.2f} ({v['n']})" for t, v in worst]
-    wrong = Counter((p["gold"], p["selected"]) for p in preds if p["gold"] not in (None, "?") and p["selected"] != p["gold"])
+    wrong = Counter((p["gold"], p["selected"]) for p in preds if p["gold"] is not None and p["selected"] != p["gold"])
     if wrong:
         lines += ["", "Most frequent confusions (gold → selected):", ""]
         lines += [f"- {g} → {s}: {c}" for (g, s), c in wrong.most_common(10)]
@@ -159,7 +159,7 @@ def run_choice_inference(cfg: dict, run_dir: str | Path, backbone: Backbone | No
     """infer.py for choice tasks: checkpoint + reranker → predictions, metrics, report, confusion.png."""
     from .backbone import build_backbone
     from .head import ToolkenHead
-    from .rerank_train import build_reranker
+    from .rerank import build_reranker
     from .taskdata import metatool_split
     from .tasks import metatool
 

@@ -28,7 +28,7 @@ def false_positive_calls(called: list[str], reference: list[str]) -> int:
 
 def score(items: list[dict], results: list[AgentResult], tool_names: list[str]) -> tuple[list[dict], dict]:
     rows, per_tool = [], {t: Counter() for t in tool_names}
-    correct = calls = errors = fps = reranks = rejects = 0
+    correct = calls = errors = fps = reranks = rejects = changed = 0
     finish = Counter()
     for item, res in zip(items, results):
         ok = is_correct(res.answer, item["label"])
@@ -40,6 +40,7 @@ def score(items: list[dict], results: list[AgentResult], tool_names: list[str]) 
         fps += fp
         reranks += len(res.reranks)
         rejects += sum(r["chosen"] is None for r in res.reranks)
+        changed += sum(r["chosen"] not in (None, r["candidates"][0]) for r in res.reranks)
         finish[res.finish_reason] += 1
         for c in res.calls:
             per_tool.setdefault(c.tool, Counter())
@@ -74,6 +75,7 @@ def score(items: list[dict], results: list[AgentResult], tool_names: list[str]) 
         "calls_per_question": calls / n if n else 0.0,
         "rerank_decisions": reranks,
         "rerank_rejects": rejects,
+        "rerank_changed_tool": changed,  # the reranker called another tool than stage 1's top-1
         "finish_reasons": dict(finish),
         "per_tool": {t: {"calls": c["calls"], "errors": c["errors"], "reference": c["reference"]} for t, c in per_tool.items()},
     }

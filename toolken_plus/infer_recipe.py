@@ -66,7 +66,7 @@ def build_agent(cfg, backbone: Backbone | None = None, *, tools: Iterable[Tool] 
     reranker = None
     rcfg = cfg.get("reranker") or {"name": "none"}
     if head is not None and rcfg.get("name", "none") != "none":
-        from .rerank_train import build_reranker
+        from .rerank import build_reranker
 
         reranker = build_reranker(rcfg, backbone, head, {n: t.doc for n, t in tools.items()})
     return Agent(backbone, head, tools, prompt, agent_config(cfg), reranker=reranker)

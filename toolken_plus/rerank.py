@@ -212,3 +212,29 @@ class EmbeddingReranker:
             keep = float(comb[best]) >= self.threshold
             out.append(RerankDecision(c, c[best] if keep else None, [float(x) for x in comb] + [self.threshold]))
         return out
+
+
+def build_reranker(rcfg: dict, backbone: Backbone, head, tool_docs: dict[str, str], embedder=None):
+    """The reranker a config + (trained) head describe; W_r / threshold from the head."""
+    name = rcfg.get("name", "none")
+    k = int(rcfg.get("k", 3))
+    if name == "none":
+        return NoReranker(k)
+    if name == "llm":
+        if head.rerank_weight is None:
+            raise ValueError("reranker=llm needs a checkpoint trained with reranker=llm (no rerank.weight in it)")
+        return LLMReranker(backbone, head.rerank_weight.detach(), head.tool_names, tool_docs, k,
+                           int(rcfg.get("max_doc_chars", 200)))
+    if name == "embedding":
+        if embedder is None:
+            from .embedder import SentenceEmbedder
+
+            embedder = SentenceEmbedder()
+        saved = head.rerank_config if head.rerank_config.get("name") == "embedding" else {}
+        thr = rcfg.get("threshold", saved.get("threshold"))
+        if thr is None:
+            raise ValueError("reranker=embedding needs a threshold: train with reranker=embedding "
+                             "(it is calibrated on validation data) or set reranker.threshold")
+        return EmbeddingReranker(embedder, head.tool_names, tool_docs, k, float(rcfg.get("alpha", saved.get("alpha", 0.5))),
+                                 float(thr), int(rcfg.get("context_chars", saved.get("context_chars", 300))))
+    raise ValueError(f"unknown reranker {name!r}: expected none, llm or embedding")

@@ -65,7 +65,7 @@ class ChoiceContexts:
 
     def __init__(self, backbone: Backbone, prefix_ids: list[int], encoded: list[Encoded]):
         self.tok = backbone.tokenizer
-        self.prefix = prefix_row(backbone, prefix_ids) if prefix_ids else None
+        self.prefix = prefix_row(backbone, prefix_ids)  # computed once; empty ids give an empty row
         self.encoded = encoded
 
     def queries(self, rows: list[int], scores: torch.Tensor, force: list[int | None]) -> list[RerankQuery]:
@@ -193,6 +193,12 @@ def _decision_metrics(pred: torch.Tensor, labels: torch.Tensor, n_tools: int, pr
     return out
 
 
+def stage1_baseline(scores: torch.Tensor, labels: torch.Tensor, n_tools: int) -> dict[str, float]:
+    """The same mined positions decided by stage 1 alone (its top-1 is the
+    call, never Reject): what stage 2 is compared against."""
+    return _decision_metrics(scores.argmax(1), labels, n_tools, "val_stage1/")
+
+
 def calibrate_threshold(reranker: EmbeddingReranker, contexts, rows: torch.Tensor, labels: torch.Tensor,
                         scores: torch.Tensor, n_tools: int) -> tuple[float, dict[str, float]]:
     """The Reject threshold that makes the most correct decisions (call the
@@ -229,34 +235,6 @@ def make_contexts(backbone: Backbone, kind: str, prefix: str, encoded: list[Enco
     return TokenContexts(backbone, encoded, with_kv)
 
 
-def build_reranker(rcfg: dict, backbone: Backbone, head, tool_docs: dict[str, str], embedder=None):
-    """The reranker a config + (trained) head describe; W_r / threshold from the head."""
-    from .rerank import NoReranker
-
-    name = rcfg.get("name", "none")
-    k = int(rcfg.get("k", 3))
-    if name == "none":
-        return NoReranker(k)
-    if name == "llm":
-        if head.rerank_weight is None:
-            raise ValueError("reranker=llm needs a checkpoint trained with reranker=llm (no rerank.weight in it)")
-        return LLMReranker(backbone, head.rerank_weight.detach(), head.tool_names, tool_docs, k,
-                           int(rcfg.get("max_doc_chars", 200)))
-    if name == "embedding":
-        if embedder is None:
-            from .embedder import SentenceEmbedder
-
-            embedder = SentenceEmbedder()
-        saved = head.rerank_config if head.rerank_config.get("name") == "embedding" else {}
-        thr = rcfg.get("threshold", saved.get("threshold"))
-        if thr is None:
-            raise ValueError("reranker=embedding needs a threshold: train with reranker=embedding "
-                             "(it is calibrated on validation data) or set reranker.threshold")
-        return EmbeddingReranker(embedder, head.tool_names, tool_docs, k, float(rcfg.get("alpha", saved.get("alpha", 0.5))),
-                                 float(thr), int(rcfg.get("context_chars", saved.get("context_chars", 300))))
-    raise ValueError(f"unknown reranker {name!r}: expected none, llm or embedding")
-
-
 def fit_reranker(rcfg: dict, backbone: Backbone, head, *, kind: str, prefix: str, tool_docs: dict[str, str],
                  train_enc: list[Encoded], train_feats: CachedFeatures, val_enc: list[Encoded],
                  val_feats: CachedFeatures | None, seed: int = 0, progress: bool = True, embedder=None,
@@ -291,6 +269,7 @@ def fit_reranker(rcfg: dict, backbone: Backbone, head, *, kind: str, prefix: str
         data = build_rerank_set(reranker, make_contexts(backbone, kind, prefix, train_enc), rows, labels, scores,
                                 batch_size=int(rcfg.get("state_batch", 16)), progress=progress, desc="rerank states (train)")
         out["rerank/train_positions"] = len(rows)
+        out["rerank/train_rejects"] = int((labels == n).sum())  # false positives left after subsampling
         out["time/rerank_states_s"] = round(data.seconds, 2)
         weight, losses = train_rerank_weight(reranker.weight, data, epochs=int(rcfg.get("epochs", 20)),
                                              lr=float(rcfg.get("lr", 1e-3)), batch_size=int(rcfg.get("batch_size", 32)),
@@ -305,9 +284,7 @@ def fit_reranker(rcfg: dict, backbone: Backbone, head, *, kind: str, prefix: str
             vdata = build_rerank_set(reranker, make_contexts(backbone, kind, prefix, val_enc), vrows, vlabels, vs, force_gold=False,
                                      batch_size=int(rcfg.get("state_batch", 16)), progress=progress, desc="rerank states (val)")
             out.update(rerank_metrics(weight, vdata, n))
-            # the same positions decided by stage 1 alone: top-1 is the call, never Reject
-            out.update({k2.replace("val_rerank/", "val_stage1/"): v for k2, v in
-                        _decision_metrics(vs[vrows].argmax(1), vlabels, n, "val_rerank/").items()})
+            out.update(stage1_baseline(vs[vrows], vlabels, n))
         return out
     if name == "embedding":
         if frozen_tools:
@@ -328,8 +305,7 @@ def fit_reranker(rcfg: dict, backbone: Backbone, head, *, kind: str, prefix: str
         thr, metrics = calibrate_threshold(reranker, make_contexts(backbone, kind, prefix, val_enc, with_kv=False),
                                            vrows, vlabels, vs, n)
         out.update(metrics)
-        out.update({k2.replace("val_rerank/", "val_stage1/"): v for k2, v in
-                    _decision_metrics(vs[vrows].argmax(1), vlabels, n, "val_rerank/").items()})
+        out.update(stage1_baseline(vs[vrows], vlabels, n))
         out["rerank/threshold"] = thr
         out["time/rerank_calibration_s"] = round(time.perf_counter() - t0, 2)
         head.rerank_config = {"name": "embedding", "k": k, "alpha": alpha, "threshold": thr, "context_chars": ctx_chars}

@@ -110,8 +110,7 @@ def load_awareness(path: str | Path, known_tools) -> list[ChoiceExample]:
             raise DataError(f"{path}: record {i} needs a query and label positive|negative")
         tool = rec.get("tool") if label == "positive" else None
         if label == "positive" and tool not in known:
-            # still "a tool is needed" for awareness; never used as a training label
-            tool = tool or "?"
+            raise DataError(f"{path}: record {i} is positive with tool {tool!r}, which is not in the tool docs")
         out.append(ChoiceExample(f"task1-{i}", rec["query"], tool))
     return out
 

@@ -1,0 +1,89 @@
+"""Where the batched agent loop spends its time, and how one decode step
+scales with the batch.
+
+Part 1: cProfile of `agent.run_batch` on N GSM8K-XL test questions at one
+batch size; prints total seconds, decoded tokens, calls, and the cumulative
+seconds of decoding steps (`_BatchCache.step`) vs context switches
+(`Agent._switch`, of which batched prefills `_prefill_many`).
+Part 2: one decode step of the backbone on a synthetic KV cache of the given
+width at batch 1 and at the batch size (median of 5), and the tokens/s ratio.
+
+    python bench/agent_profile.py --checkpoint outputs/demo/<run> [--n 16] [--batch-size 16] [--width 800]
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import os
+import pstats
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+from toolken_plus.config import PROJECT_ROOT  # noqa: E402
+from toolken_plus.infer_recipe import load_agent  # noqa: E402
+from toolken_plus.tasks.gsm8k import load_gsm8k_xl_test  # noqa: E402
+
+
+def cumulative(stats: pstats.Stats, func_name: str, file_end: str = "agent.py") -> float:
+    """Cumulative seconds of `func_name` defined in a file ending in `file_end`."""
+    return sum(v[3] for (path, _, name), v in stats.stats.items() if name == func_name and path.endswith(file_end))
+
+
+def step_ms(backbone, batch: int, width: int) -> float:
+    c = backbone.model.config
+    kvh, hd = c.num_key_value_heads, c.hidden_size // c.num_attention_heads
+    layers = [(torch.randn(batch, kvh, width, hd), torch.randn(batch, kvh, width, hd)) for _ in range(c.num_hidden_layers)]
+    mask = torch.ones(batch, width + 1, dtype=torch.long)
+    tok = torch.zeros(batch, 1, dtype=torch.long)
+    pos = torch.full((batch, 1), width)
+    times = []
+    with torch.no_grad():
+        for _ in range(6):
+            cache = backbone.make_cache([(k.clone(), v.clone()) for k, v in layers])
+            t0 = time.perf_counter()
+            backbone.step(tok, mask, pos, cache)
+            times.append(time.perf_counter() - t0)
+    return 1000 * statistics.median(times[1:])
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", required=True, help="run dir of train.py")
+    ap.add_argument("--n", type=int, default=16)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--max-new-tokens", type=int, default=120)
+    ap.add_argument("--width", type=int, default=800, help="KV width for part 2")
+    ap.add_argument("--data-root", default=os.environ.get("TOOLKEN_PLUS_DATA", str(PROJECT_ROOT.parent / "shared" / "data")))
+    args = ap.parse_args(argv)
+
+    agent = load_agent(args.checkpoint, data_root=args.data_root, batch_size=args.batch_size,
+                       max_new_tokens=args.max_new_tokens)
+    questions = [it["question"] for it in load_gsm8k_xl_test(Path(args.data_root) / "gsm8k-xl" / "test.json", limit=args.n)]
+    agent.run(questions[0])  # warm: every prompt prefix's KV is computed once
+    print(f"backbone {agent.backbone.name}, {torch.get_num_threads()} threads")
+    prof = cProfile.Profile()
+    t0 = time.perf_counter()
+    prof.enable()
+    results = agent.run_batch(questions)
+    prof.disable()
+    total = time.perf_counter() - t0
+    st = pstats.Stats(prof)
+    print(f"part 1: {len(questions)} questions at batch {args.batch_size}: {total:.1f} s, "
+          f"{sum(r.new_tokens for r in results)} reasoning tokens, {sum(len(r.calls) for r in results)} calls")
+    print(f"  decode steps      {cumulative(st, 'step'):7.1f} s")
+    print(f"  context switches  {cumulative(st, '_switch'):7.1f} s (batched prefills {cumulative(st, '_prefill_many'):.1f} s)")
+    one, many = step_ms(agent.backbone, 1, args.width), step_ms(agent.backbone, args.batch_size, args.width)
+    print(f"part 2: one decode step at KV width {args.width}: {one:.0f} ms at batch 1, {many:.0f} ms at batch "
+          f"{args.batch_size}: {args.batch_size * one / many:.2f}x the tokens/s")
+
+
+if __name__ == "__main__":
+    main()
