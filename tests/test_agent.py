@@ -91,6 +91,63 @@ def test_a_successful_call_writes_its_result_into_the_text(tiny_backbone, tools,
     assert "<add>(3, 4)=7" in res.trace and "<add>" not in res.generation
 
 
+@pytest.mark.parametrize("batch_size", [1, 2])
+def test_short_results_ride_along_in_decode_steps_when_batched(tiny_backbone, tools, prompt, monkeypatch, batch_size):
+    """At batch > 1 a short result is fed through the decode steps, not
+    prefilled; the text is the same as at batch 1, where it is prefilled."""
+    tok = tiny_backbone.tokenizer
+    script = tok("3, 4)", add_special_tokens=False)["input_ids"]
+    result_ids = tok("7", add_special_tokens=False)["input_ids"]
+
+    def run(bs):
+        agent = _agent(tiny_backbone, tools, prompt, logit_bias=-1e9, batch_size=bs, max_new_tokens=8)
+        monkeypatch.setattr(agent, "choose_tool", lambda row, vocab, scores: tools["add"]
+                            if row.mode == "reason" and row.new_tokens == 2 and not row.calls else None)
+        monkeypatch.setattr(agent, "tool_mode_token", lambda row, vocab: script[len(row.arg_ids)])
+        prefilled = []
+        real = agent._prefill_many
+        monkeypatch.setattr(agent, "_prefill_many", lambda jobs: prefilled.extend(j[2] for j in jobs) or real(jobs))
+        return agent.run_batch(QUESTIONS[:2]), prefilled
+
+    results, prefilled = run(batch_size)
+    reference, _ = run(1)
+    assert [r.trace for r in results] == [r.trace for r in reference]
+    assert all("<add>(3, 4)=7" in r.trace for r in results)
+    assert (result_ids in prefilled) == (batch_size == 1)
+
+
+def test_calling_a_tool_again_extends_its_kept_tool_mode_context(tiny_backbone, tools, prompt, monkeypatch):
+    """The second <add> call prefills only the text since the first call's `)`;
+    its state equals a fresh forward over the whole tool-mode context."""
+    agent = _agent(tiny_backbone, tools, prompt, logit_bias=-1e9, batch_size=1, max_new_tokens=9)
+    tok = tiny_backbone.tokenizer
+    script = tok("3, 4)", add_special_tokens=False)["input_ids"]
+
+    def choose_tool(row, vocab, scores):  # <add> at the 3rd and the 6th reasoning token
+        if row.mode == "reason" and row.new_tokens in (2, 5) and len(row.calls) == (row.new_tokens == 5):
+            return tools["add"]
+        return None
+
+    monkeypatch.setattr(agent, "choose_tool", choose_tool)
+    monkeypatch.setattr(agent, "tool_mode_token", lambda row, vocab: script[len(row.arg_ids)])
+    prefills = []
+    real = agent._prefill_many
+    monkeypatch.setattr(agent, "_prefill_many", lambda jobs: prefills.append((jobs, real(jobs))) or prefills[-1][1])
+    res = agent.run(QUESTIONS[0])
+    assert [c.result for c in res.calls] == ["7", "7"]
+
+    demo_ids = tok(tools["add"].demo_prompt.prefix, add_special_tokens=False)["input_ids"]
+    enters = [(job, out) for jobs, outs in prefills for job, out in zip(jobs, outs)
+              if tok.decode(job[2]).endswith("<add>(")]
+    (first, _), (second, second_out) = enters
+    assert first[1] == len(demo_ids)  # the first call starts from the demos alone
+    assert second[1] == len(demo_ids) + len(first[2]) + len(script)  # the second extends the first
+    assert tok.decode(second[2]).startswith("=7")  # ... by the text after its `)`
+    full = torch.tensor([demo_ids + first[2] + script + second[2]])
+    hidden, _ = tiny_backbone.final_hidden(full)
+    torch.testing.assert_close(second_out[2], hidden[0, -1], atol=1e-4, rtol=1e-4)
+
+
 def test_helpers():
     assert _closing_paren("3, 4) and") == 4
     assert _closing_paren("[1, (2)], 'a)b')") == 15
@@ -123,6 +180,21 @@ def test_batched_prefill_equals_separate_prefills(tiny_backbone, tools, prompt):
         assert out_n == alone_n == n + len(new)
         assert torch.allclose(out_h, alone_h, atol=1e-5) and torch.allclose(out_h, full[0, -1], atol=1e-5)
         assert torch.allclose(out_layers[0][0], alone_layers[0][0], atol=1e-5)
+
+
+def test_prefill_groups_jobs_of_similar_length(tiny_backbone, monkeypatch):
+    import toolken_plus.kv as kv
+
+    layers, n = kv.prefix_row(tiny_backbone, tiny_backbone.tokenizer("Question: some words", add_special_tokens=False)["input_ids"])
+    lengths = [3, 40, 2, 45, 4]
+    jobs = [(layers, n, [7 + i] * length) for i, length in enumerate(lengths)]
+    real, groups = kv.prefill_rows, []
+    monkeypatch.setattr(kv, "prefill_rows", lambda bb, js, **kw: groups.append(sorted(len(j[2]) for j in js)) or real(bb, js, **kw))
+    out = kv.prefill_by_length(tiny_backbone, jobs)
+    assert sorted(groups) == [[2, 3, 4], [40, 45]]  # no 3-token job padded to 45
+    assert [m for _, m, _ in out] == [n + length for length in lengths]  # in the jobs' order
+    for job, (_, _, hidden) in zip(jobs, out):
+        torch.testing.assert_close(hidden, real(tiny_backbone, [job])[0][2], atol=1e-5, rtol=1e-5)
 
 
 def test_batch_cache_width_stays_bounded(tiny_backbone):

@@ -31,6 +31,23 @@ def test_kv_cache_continuation_matches_full_forward(tiny_backbone):
     assert torch.allclose(torch.cat([prefix, rest], 1), full, atol=1e-5)
 
 
+def test_cache_with_headroom_appends_in_place_and_matches_full_forward(tiny_backbone):
+    from toolken_plus.backbone import cache_layers
+
+    ids = torch.tensor([tiny_backbone.tokenizer("Question: 3 apples and 4 pears. Answer: 7 fruit")["input_ids"]])
+    full, _ = tiny_backbone.final_hidden(ids)
+    _, cache = tiny_backbone.final_hidden(ids[:, :5], use_cache=True)
+    cache = tiny_backbone.make_cache(cache_layers(cache), headroom=2)  # refills after every 2 steps
+    buffers = []
+    for t in range(5, ids.shape[1]):
+        buffers.append(cache.layers[0]._k)
+        hidden, cache = tiny_backbone.step(ids[:, t : t + 1], torch.ones(1, t + 1, dtype=torch.long), torch.tensor([[t]]), cache)
+        assert torch.allclose(hidden[0, -1], full[0, t], atol=1e-5)
+        assert cache_layers(cache)[0][0].shape[2] == t + 1
+    # written in place until the room of 2 runs out, then into a new buffer
+    assert buffers[0] is buffers[1] is buffers[2] and buffers[3] is not buffers[2]
+
+
 def test_local_directory_loads_with_generic_hf_config(tiny_backbone, tmp_path):
     tiny_backbone.model.save_pretrained(tmp_path / "m")
     tiny_backbone.tokenizer.save_pretrained(tmp_path / "m")

@@ -10,11 +10,14 @@ context shows `<tool>(args)=result`, as in the demos) and the row returns to
 reasoning mode. A parse or call failure is recorded and handled like a Reject
 for that step: the row continues with the best vocabulary token.
 
-Speed: every row keeps its own KV cache inside one left-padded batch cache,
-so one forward decodes a token for all rows whatever their mode; the few-shot
-prefix of every prompt is computed once and its KV cache copied, so a switch
-only prefills the question and the text so far; when a question finishes its
-row is refilled with the next question (continuous batching).
+Speed: every row keeps its own KV cache inside one left-padded batch cache
+with room to append, so one forward decodes a token for all rows whatever
+their mode; the few-shot prefix of every prompt is computed once and its KV
+cache copied, so a switch only prefills the question and the text so far;
+calling a tool again in the same question extends that tool's kept context by
+the new text only; a short tool result is fed through the next batched decode
+steps instead of a prefill of its own; when a question finishes its row is
+refilled with the next question (continuous batching).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from tqdm.auto import tqdm
 from .answers import extract_answer
 from .backbone import Backbone, cache_layers
 from .head import ToolkenHead
-from .kv import prefill_rows, prefix_row
+from .kv import prefill_by_length, prefix_row
 from .prompts import FewShotPrompt
 from .registry import Tool
 from .toolcall import ToolArgumentError, call_with_timeout, coerce_arguments, parse_arguments
@@ -87,6 +90,12 @@ class _Row:
         self.tool: Tool | None = None
         self.arg_ids: list[int] = []
         self.saved = None  # (kv layers, length, hidden) of the reasoning context during tool mode
+        # Per tool already called: its tool-mode KV after the call's `)`
+        # (without the shared demo prefix) and how much of trace_text that
+        # covers, so calling the same tool again prefills only the new text.
+        self.tool_kv: dict[str, tuple[list, int, int]] = {}
+        self.keep_tool_kv = False  # the call just made ended exactly at `)`: its KV can be kept
+        self.forced: list[int] = []  # tokens to feed before the next decision (a call's result)
         self.hidden: torch.Tensor | None = None  # hidden state at the row's last position
         self.new_tokens = 0
         self.finish_reason = ""
@@ -109,6 +118,8 @@ class _BatchCache:
     them. Replacing a row's context writes into its slot; the cache grows to
     the left only when a new context is longer than the current width."""
 
+    HEADROOM = 64
+
     def __init__(self, backbone: Backbone, batch: int):
         self.backbone = backbone
         self.batch = batch
@@ -124,7 +135,9 @@ class _BatchCache:
         return cache_layers(self.cache)
 
     def _set_layers(self, layers) -> None:
-        self.cache = self.backbone.make_cache(layers)
+        # Room to append: a decode step writes its column in place instead of
+        # concatenating the whole batch cache (a copy of every row, per step).
+        self.cache = self.backbone.make_cache(layers, headroom=self.HEADROOM)
 
     def set_row(self, i: int, layers, n: int) -> None:
         if self.cache is None:
@@ -145,9 +158,11 @@ class _BatchCache:
         self.mask[i, w - n :] = 1
         self.lengths[i] = n
 
-    def get_row(self, i: int):
+    def get_row(self, i: int, skip: int = 0):
+        """A copy of row i's KV (without its first `skip` positions) and the row's length."""
         n = int(self.lengths[i])
-        return [(k[i : i + 1, :, -n:].clone(), v[i : i + 1, :, -n:].clone()) for k, v in self._layers()], n
+        start = self.width - n + skip
+        return [(k[i : i + 1, :, start:].clone(), v[i : i + 1, :, start:].clone()) for k, v in self._layers()], n
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         mask = torch.cat([self.mask, torch.ones(self.batch, 1, dtype=torch.long)], 1)
@@ -208,6 +223,11 @@ class Agent:
         self.eos = self.tok.eos_token_id
         self._prefix_cache: dict[str, tuple] = {}
 
+    # A tool result of at most this many tokens is fed through the batched
+    # decode steps rather than prefilled (batch > 1 only: at batch 1 a step
+    # per token costs more than one small prefill).
+    MAX_FORCED = 8
+
     # ------------------------------------------------------------ helpers
     @property
     def bias(self) -> float:
@@ -225,7 +245,7 @@ class Agent:
         return self._prefix_cache[key]
 
     def _prefill_many(self, jobs: list[tuple]) -> list[tuple]:
-        return prefill_rows(self.backbone, jobs)
+        return prefill_by_length(self.backbone, jobs)
 
     def _switch(self, requests: list[tuple], rows: list, batch: _BatchCache) -> list[int]:
         """Carry out context switches, prefilling all of them together.
@@ -243,16 +263,31 @@ class Agent:
                 row.saved = (*batch.get_row(slot), row.hidden)
                 demo = what.demo_prompt or self.prompt
                 layers, n = self._prefix(f"tool:{what.name}", demo.prefix)
-                jobs.append((layers, n, self._encode(demo.question_part(row.question) + row.trace_text + f"{what.display}(")))
+                if what.name in row.tool_kv:  # called before: extend that context by the text since
+                    suffix, n, covered = row.tool_kv[what.name]
+                    layers = [(torch.cat([pk, sk], 2), torch.cat([pv, sv], 2)) for (pk, pv), (sk, sv) in zip(layers, suffix)]
+                    text = row.trace_text[covered:]
+                else:
+                    text = demo.question_part(row.question) + row.trace_text
+                jobs.append((layers, n, self._encode(text + f"{what.display}(")))
                 row.mode, row.tool, row.arg_ids = "tool", what, []
             else:  # leave tool mode, with the result text (or None after a failure)
+                if row.keep_tool_kv:
+                    demo_len = self._prefix(f"tool:{row.tool.name}", (row.tool.demo_prompt or self.prompt).prefix)[1]
+                    suffix, n = batch.get_row(slot, skip=demo_len)
+                    # trace_text now ends with `name(args)=result`; the KV ends at `)`
+                    row.tool_kv[row.tool.name] = (suffix, n, len(row.trace_text) - len(what) - 1)
+                    row.keep_tool_kv = False
                 layers, n, hidden = row.saved
                 row.saved, row.mode, row.tool = None, "reason", None
-                if not what:
+                ids = self._encode(what) if what else []
+                if not ids or (batch.batch > 1 and len(ids) <= self.MAX_FORCED):
+                    # A short result rides along in the next decode steps, one
+                    # token each, instead of a prefill forward of its own.
                     batch.set_row(slot, layers, n)
-                    row.hidden = hidden
+                    row.hidden, row.forced = hidden, ids
                     continue
-                jobs.append((layers, n, self._encode(what)))
+                jobs.append((layers, n, ids))
             owners.append(slot)
         if jobs:
             for slot, (layers, n, hidden) in zip(owners, self._prefill_many(jobs)):
@@ -281,7 +316,9 @@ class Agent:
 
     # ----------------------------------------------------------- decisions
     def _logits(self, hidden: torch.Tensor):
-        vocab = hidden @ self.backbone.lm_head.weight.T
+        # W @ h.T, not h @ W.T: for a few rows against the 49152-row head,
+        # CPU matmul runs the former 1.5-4x faster (bench/agent_profile.py).
+        vocab = (self.backbone.lm_head.weight @ hidden.T).T
         tools = self.head(hidden) + self.bias if self.head is not None else None
         return vocab, tools
 
@@ -336,6 +373,9 @@ class Agent:
         else:
             rec = self._run_tool(row, text[:close])
         row.calls.append(rec)
+        # The tool-mode KV can be extended next time only if the arguments'
+        # tokens end exactly at `)` (then it matches the trace text).
+        row.keep_tool_kv = rec.result is not None and close == len(text) - 1
         if rec.result is not None:
             row.reason_text += rec.result
             row.trace_text += f"{row.tool.display}({rec.args_text})={rec.result}"
@@ -404,6 +444,10 @@ class Agent:
                 if not undecided:
                     break
                 live = [s for s in undecided if rows[s] is not None]
+                fed = {s for s in live if rows[s].forced}
+                for slot in fed:
+                    tokens[slot] = rows[slot].forced.pop(0)
+                live = [s for s in live if s not in fed]
                 if not live:
                     break
                 vocab, tools = self._logits(torch.stack([rows[s].hidden for s in live]))

@@ -83,20 +83,74 @@ class Backbone:
         out = body(input_ids=input_ids, attention_mask=attention_mask, use_cache=use_cache, **kwargs)
         return out.last_hidden_state, (_output_cache(out) if use_cache else None)
 
-    def make_cache(self, layers: list[tuple]):
-        """A KV cache object from per-layer (keys, values) tensors [B, heads, T, dim]."""
+    def make_cache(self, layers: list[tuple], headroom: int = 0):
+        """A KV cache object from per-layer (keys, values) tensors [B, heads, T, dim].
+
+        headroom > 0: the layers are copied into buffers with that many free
+        positions, and each step writes its new keys there instead of
+        concatenating (a decode step then copies one column, not the whole
+        cache). Without it the tensors are adopted as they are."""
         from transformers.cache_utils import DynamicCache
 
         cache = DynamicCache(config=self.model.config)
         cache_layers_ = getattr(cache, "layers", None)
         if cache_layers_ is None or len(cache_layers_) != len(layers) or not hasattr(cache_layers_[0], "lazy_initialization"):
             return DynamicCache(ddp_cache_data=layers, config=self.model.config)
+        appending = _appending_layer_class()
+        if headroom > 0 and all(type(layer) is appending.__base__ for layer in cache_layers_):
+            # (sliding-window layers, e.g. Gemma 3's, keep their own update)
+            cache.layers = [appending(k, v, headroom) for k, v in layers]
+            return cache
         # Adopt the tensors as they are: DynamicCache(ddp_cache_data=…) would
         # copy every layer once more (a cat onto an empty tensor).
         for layer, (k, v) in zip(cache_layers_, layers):
             layer.lazy_initialization(k, v)
             layer.keys, layer.values = k, v
         return cache
+
+
+def _appending_layer_class():
+    """transformers' DynamicLayer with an `update` that appends into
+    preallocated room (one copy into a new buffer every `headroom` steps). `keys`/`values`
+    stay views of the filled part, so whatever reads or writes them in place
+    works unchanged. Built lazily: transformers is imported on first use."""
+    global _AppendingLayer
+    if _AppendingLayer is None:
+        from transformers.cache_utils import DynamicLayer
+
+        class AppendingLayer(DynamicLayer):
+            def __init__(self, keys, values, headroom: int):
+                super().__init__()
+                self.headroom = headroom
+                self._adopt(keys, values, headroom)
+
+            def _adopt(self, keys, values, room: int) -> None:
+                b, h, n, d = keys.shape
+                self._k = keys.new_empty((b, h, n + room, d))
+                self._v = values.new_empty((b, h, n + room, d))
+                self._k[:, :, :n] = keys
+                self._v[:, :, :n] = values
+                self.device, self.is_initialized = keys.device, True
+                self._fill(n)
+
+            def _fill(self, n: int) -> None:
+                self.n = n
+                self.keys, self.values = self._k[:, :, :n], self._v[:, :, :n]
+
+            def update(self, key_states, value_states, *args, **kwargs):
+                q = key_states.shape[-2]
+                if self.n + q > self._k.shape[-2]:
+                    self._adopt(self.keys, self.values, max(self.headroom, q))
+                self._k[:, :, self.n : self.n + q] = key_states
+                self._v[:, :, self.n : self.n + q] = value_states
+                self._fill(self.n + q)
+                return self.keys, self.values
+
+        _AppendingLayer = AppendingLayer
+    return _AppendingLayer
+
+
+_AppendingLayer = None
 
 
 def cache_layers(cache) -> list[tuple]:

@@ -92,3 +92,22 @@ def prefill_in_batches(backbone: Backbone, jobs: list[tuple], max_tokens: int = 
         out += prefill_rows(backbone, jobs[start:end], keep_rows=keep_rows)
         start = end
     return out
+
+
+def prefill_by_length(backbone: Backbone, jobs: list[tuple], slack: float = 1.3) -> list[tuple]:
+    """`prefill_rows` in groups of similar new-token length, preserving order:
+    one forward pads every job to its longest, so a 3-token job batched with
+    a 150-token one would cost 150. A job joins the current group while its
+    length is at most `slack` × the group's shortest (+ 8)."""
+    order = sorted(range(len(jobs)), key=lambda i: len(jobs[i][2]))
+    out: list[tuple | None] = [None] * len(jobs)
+    groups: list[list[int]] = []
+    for i in order:
+        if groups and len(jobs[i][2]) <= slack * len(jobs[groups[-1][0]][2]) + 8:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    for group in groups:
+        for i, res in zip(group, prefill_rows(backbone, [jobs[i] for i in group])):
+            out[i] = res
+    return out
