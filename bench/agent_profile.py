@@ -7,6 +7,8 @@ seconds of decoding steps (`_BatchCache.step`) vs context switches
 (`Agent._switch`, of which batched prefills `_prefill_many`).
 Part 2: one decode step of the backbone on a synthetic KV cache of the given
 width at batch 1 and at the batch size (median of 5), and the tokens/s ratio.
+Part 3: the vocabulary-head projection of a few hidden states, as `h @ W.T`
+and as `(W @ h.T).T` (the agent uses the latter), at batch 1, 4 and the batch size.
 
     python bench/agent_profile.py --checkpoint outputs/demo/<run> [--n 16] [--batch-size 16] [--width 800]
 """
@@ -54,6 +56,20 @@ def step_ms(backbone, batch: int, width: int) -> float:
     return 1000 * statistics.median(times[1:])
 
 
+def head_ms(weight: torch.Tensor, rows: int) -> tuple[float, float]:
+    """Median ms of h @ W.T and of (W @ h.T).T for `rows` hidden states."""
+    h = torch.randn(rows, weight.shape[1])
+    out = []
+    for f in (lambda: h @ weight.T, lambda: (weight @ h.T).T):
+        times = []
+        for _ in range(11):
+            t0 = time.perf_counter()
+            f()
+            times.append(time.perf_counter() - t0)
+        out.append(1000 * statistics.median(times))
+    return out[0], out[1]
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", required=True, help="run dir of train.py")
@@ -83,6 +99,10 @@ def main(argv=None) -> None:
     one, many = step_ms(agent.backbone, 1, args.width), step_ms(agent.backbone, args.batch_size, args.width)
     print(f"part 2: one decode step at KV width {args.width}: {one:.0f} ms at batch 1, {many:.0f} ms at batch "
           f"{args.batch_size}: {args.batch_size * one / many:.2f}x the tokens/s")
+    for rows in sorted({1, 4, args.batch_size}):
+        plain, flipped = head_ms(agent.backbone.lm_head.weight, rows)
+        print(f"part 3: head projection of {rows:>2} rows: h @ W.T {plain:5.1f} ms, (W @ h.T).T {flipped:5.1f} ms "
+              f"({plain / flipped:.2f}x)")
 
 
 if __name__ == "__main__":
