@@ -317,7 +317,7 @@ class Agent:
     # ----------------------------------------------------------- decisions
     def _logits(self, hidden: torch.Tensor):
         # W @ h.T, not h @ W.T: for a few rows against the 49152-row head,
-        # CPU matmul runs the former 1.5-4x faster (bench/agent_profile.py).
+        # CPU matmul runs the former 1.6-3x faster (bench/agent_profile.py, part 3).
         vocab = (self.backbone.lm_head.weight @ hidden.T).T
         tools = self.head(hidden) + self.bias if self.head is not None else None
         return vocab, tools
