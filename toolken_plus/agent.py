@@ -205,6 +205,11 @@ class Agent:
     >>> result.answer, [(c.tool, c.args, c.result) for c in result.calls]
     """
 
+    # A tool result of at most this many tokens is fed through the batched
+    # decode steps rather than prefilled (batch > 1 only: at batch 1 a step
+    # per token costs more than one small prefill).
+    MAX_FORCED = 8
+
     def __init__(self, backbone: Backbone, head: ToolkenHead | None, tools: dict[str, Tool], prompt: FewShotPrompt,
                  config: AgentConfig | None = None, reranker=None):
         self.backbone = backbone
@@ -223,11 +228,6 @@ class Agent:
         self.eos = self.tok.eos_token_id
         self._prefix_cache: dict[str, tuple] = {}
 
-    # A tool result of at most this many tokens is fed through the batched
-    # decode steps rather than prefilled (batch > 1 only: at batch 1 a step
-    # per token costs more than one small prefill).
-    MAX_FORCED = 8
-
     # ------------------------------------------------------------ helpers
     @property
     def bias(self) -> float:
@@ -244,11 +244,15 @@ class Agent:
             self._prefix_cache[key] = prefix_row(self.backbone, self._encode(text))
         return self._prefix_cache[key]
 
+    def _tool_prefix(self, tool: Tool):
+        """KV row of the tool's few-shot demos (the reasoning prompt's if it has none)."""
+        return self._prefix(f"tool:{tool.name}", (tool.demo_prompt or self.prompt).prefix)
+
     def _prefill_many(self, jobs: list[tuple]) -> list[tuple]:
         return prefill_by_length(self.backbone, jobs)
 
     def _switch(self, requests: list[tuple], rows: list, batch: _BatchCache) -> list[int]:
-        """Carry out context switches, prefilling all of them together.
+        """Carry out context switches, prefilling them together (grouped by length).
 
         requests: (slot, "start" | "enter" | "leave", tool or result text).
         Returns the slots whose rows now need a decision on their new state."""
@@ -261,20 +265,18 @@ class Agent:
             elif kind == "enter":
                 row.commit()
                 row.saved = (*batch.get_row(slot), row.hidden)
-                demo = what.demo_prompt or self.prompt
-                layers, n = self._prefix(f"tool:{what.name}", demo.prefix)
+                layers, n = self._tool_prefix(what)
                 if what.name in row.tool_kv:  # called before: extend that context by the text since
                     suffix, n, covered = row.tool_kv[what.name]
                     layers = [(torch.cat([pk, sk], 2), torch.cat([pv, sv], 2)) for (pk, pv), (sk, sv) in zip(layers, suffix)]
                     text = row.trace_text[covered:]
                 else:
-                    text = demo.question_part(row.question) + row.trace_text
+                    text = (what.demo_prompt or self.prompt).question_part(row.question) + row.trace_text
                 jobs.append((layers, n, self._encode(text + f"{what.display}(")))
                 row.mode, row.tool, row.arg_ids = "tool", what, []
             else:  # leave tool mode, with the result text (or None after a failure)
                 if row.keep_tool_kv:
-                    demo_len = self._prefix(f"tool:{row.tool.name}", (row.tool.demo_prompt or self.prompt).prefix)[1]
-                    suffix, n = batch.get_row(slot, skip=demo_len)
+                    suffix, n = batch.get_row(slot, skip=self._tool_prefix(row.tool)[1])
                     # trace_text now ends with `name(args)=result`; the KV ends at `)`
                     row.tool_kv[row.tool.name] = (suffix, n, len(row.trace_text) - len(what) - 1)
                     row.keep_tool_kv = False

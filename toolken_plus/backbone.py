@@ -9,6 +9,7 @@ cache directory, so every later load takes well under a second.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import inspect
@@ -109,48 +110,44 @@ class Backbone:
         return cache
 
 
+@functools.cache
 def _appending_layer_class():
     """transformers' DynamicLayer with an `update` that appends into
-    preallocated room (one copy into a new buffer every `headroom` steps). `keys`/`values`
-    stay views of the filled part, so whatever reads or writes them in place
-    works unchanged. Built lazily: transformers is imported on first use."""
-    global _AppendingLayer
-    if _AppendingLayer is None:
-        from transformers.cache_utils import DynamicLayer
+    preallocated room (one copy into a new buffer every `headroom` steps).
+    `keys`/`values` stay views of the filled part, so whatever reads or writes
+    them in place works unchanged. Built on first use: transformers is
+    imported lazily."""
+    from transformers.cache_utils import DynamicLayer
 
-        class AppendingLayer(DynamicLayer):
-            def __init__(self, keys, values, headroom: int):
-                super().__init__()
-                self.headroom = headroom
-                self._adopt(keys, values, headroom)
+    class AppendingLayer(DynamicLayer):
+        def __init__(self, keys, values, headroom: int):
+            super().__init__()
+            self.headroom = headroom
+            self._adopt(keys, values, headroom)
 
-            def _adopt(self, keys, values, room: int) -> None:
-                b, h, n, d = keys.shape
-                self._k = keys.new_empty((b, h, n + room, d))
-                self._v = values.new_empty((b, h, n + room, d))
-                self._k[:, :, :n] = keys
-                self._v[:, :, :n] = values
-                self.device, self.is_initialized = keys.device, True
-                self._fill(n)
+        def _adopt(self, keys, values, room: int) -> None:
+            b, h, n, d = keys.shape
+            self._k = keys.new_empty((b, h, n + room, d))
+            self._v = values.new_empty((b, h, n + room, d))
+            self._k[:, :, :n] = keys
+            self._v[:, :, :n] = values
+            self.device, self.is_initialized = keys.device, True
+            self._fill(n)
 
-            def _fill(self, n: int) -> None:
-                self.n = n
-                self.keys, self.values = self._k[:, :, :n], self._v[:, :, :n]
+        def _fill(self, n: int) -> None:
+            self.n = n
+            self.keys, self.values = self._k[:, :, :n], self._v[:, :, :n]
 
-            def update(self, key_states, value_states, *args, **kwargs):
-                q = key_states.shape[-2]
-                if self.n + q > self._k.shape[-2]:
-                    self._adopt(self.keys, self.values, max(self.headroom, q))
-                self._k[:, :, self.n : self.n + q] = key_states
-                self._v[:, :, self.n : self.n + q] = value_states
-                self._fill(self.n + q)
-                return self.keys, self.values
+        def update(self, key_states, value_states, *args, **kwargs):
+            q = key_states.shape[-2]
+            if self.n + q > self._k.shape[-2]:
+                self._adopt(self.keys, self.values, max(self.headroom, q))
+            self._k[:, :, self.n : self.n + q] = key_states
+            self._v[:, :, self.n : self.n + q] = value_states
+            self._fill(self.n + q)
+            return self.keys, self.values
 
-        _AppendingLayer = AppendingLayer
-    return _AppendingLayer
-
-
-_AppendingLayer = None
+    return AppendingLayer
 
 
 def cache_layers(cache) -> list[tuple]:
