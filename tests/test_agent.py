@@ -39,6 +39,20 @@ def test_batched_decoding_equals_one_by_one(tiny_backbone, tools, prompt, bias):
         assert sum(len(r.calls) for r in batched) > 0
 
 
+def test_sharing_the_prompt_prefix_changes_no_trace(tiny_backbone, tools, prompt, monkeypatch):
+    """Rows reading the few-shot prefix's KV in place decode what rows holding
+    their own copy of it decode."""
+    from toolken_plus.shared_prefix import _SUPPORTED, supports_shared_prefix
+
+    agent = _agent(tiny_backbone, tools, prompt, logit_bias=4.0, batch_size=3, max_arg_tokens=6)
+    assert supports_shared_prefix(tiny_backbone)
+    shared = agent.run_batch(QUESTIONS)
+    monkeypatch.setitem(_SUPPORTED, tiny_backbone.model, False)
+    copied = agent.run_batch(QUESTIONS)
+    assert [r.trace for r in shared] == [r.trace for r in copied]
+    assert sum(len(r.calls) for r in shared) > 0
+
+
 def test_no_tools_setting_never_calls(tiny_backbone, tools, prompt):
     agent = _agent(tiny_backbone, tools, prompt, use_tools=False, logit_bias=100.0, batch_size=2)
     assert all(not r.calls for r in agent.run_batch(QUESTIONS[:3]))
@@ -140,8 +154,9 @@ def test_calling_a_tool_again_extends_its_kept_tool_mode_context(tiny_backbone, 
     enters = [(job, out) for jobs, outs in prefills for job, out in zip(jobs, outs)
               if tok.decode(job[2]).endswith("<add>(")]
     (first, _), (second, second_out) = enters
-    assert first[1] == len(demo_ids)  # the first call starts from the demos alone
-    assert second[1] == len(demo_ids) + len(first[2]) + len(script)  # the second extends the first
+    assert first[3].n == len(demo_ids) and first[1] == 0  # the first call starts from the (shared) demos alone
+    assert second[3] is first[3]
+    assert second[1] == len(first[2]) + len(script)  # the second extends the first
     assert tok.decode(second[2]).startswith("=7")  # ... by the text after its `)`
     full = torch.tensor([demo_ids + first[2] + script + second[2]])
     hidden, _ = tiny_backbone.final_hidden(full)

@@ -13,7 +13,8 @@ for that step: the row continues with the best vocabulary token.
 Speed: every row keeps its own KV cache inside one left-padded batch cache
 with room to append, so one forward decodes a token for all rows whatever
 their mode; the few-shot prefix of every prompt is computed once and its KV
-cache copied, so a switch only prefills the question and the text so far;
+shared by all rows on it (read in place by attention, never copied per row:
+shared_prefix.py), so a switch only prefills the question and the text so far;
 calling a tool again in the same question extends that tool's kept context by
 the new text only; a short tool result is fed through the next batched decode
 steps instead of a prefill of its own; when a question finishes its row is
@@ -32,9 +33,10 @@ from tqdm.auto import tqdm
 from .answers import extract_answer
 from .backbone import Backbone, cache_layers
 from .head import ToolkenHead
-from .kv import prefill_by_length, prefix_row
+from .kv import empty_row, prefill_by_length, shared_prefix
 from .prompts import FewShotPrompt
 from .registry import Tool
+from .shared_prefix import Prefix, SharedPrefix, supports_shared_prefix
 from .toolcall import ToolArgumentError, call_with_timeout, coerce_arguments, parse_arguments
 
 log = logging.getLogger(__name__)
@@ -89,7 +91,7 @@ class _Row:
         self.calls: list[ToolCallRecord] = []
         self.tool: Tool | None = None
         self.arg_ids: list[int] = []
-        self.saved = None  # (kv layers, length, hidden) of the reasoning context during tool mode
+        self.saved = None  # (kv layers, length, prefix, hidden) of the reasoning context during tool mode
         # Per tool already called: its tool-mode KV after the call's `)`
         # (without the shared demo prefix) and how much of trace_text that
         # covers, so calling the same tool again prefills only the new text.
@@ -114,18 +116,29 @@ class _Row:
 class _BatchCache:
     """Left-padded KV cache of a batch of rows with different contexts.
 
-    Row i's real tokens are the last `lengths[i]` positions; `mask` marks
-    them. Replacing a row's context writes into its slot; the cache grows to
-    the left only when a new context is longer than the current width."""
+    Row i's context is a shared prompt prefix `prefixes[i]` (a kv.Prefix or
+    None) followed by its own tokens. The cache holds only the latter: row
+    i's are the last `lengths[i]` positions, `mask` marks them, and its
+    positions start at `offsets[i]` (the prefix's length); attention reads
+    each prefix's KV in place for all rows on it. On a backbone where that
+    attention does not apply (`shared` False) the prefix is copied into the
+    row instead (`skip[i]` of its positions); so it is at batch 1 too, where
+    there is nothing to share and plain attention is faster. Replacing a
+    row's context writes into its slot; the cache grows to the left only when
+    a new context is longer than the current width."""
 
     HEADROOM = 64
 
     def __init__(self, backbone: Backbone, batch: int):
         self.backbone = backbone
         self.batch = batch
-        self.cache = None
+        self.shared = batch > 1 and supports_shared_prefix(backbone)
+        self._set_layers([(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)) for k, v in empty_row(backbone)])
         self.mask = torch.zeros(batch, 0, dtype=torch.long)
         self.lengths = torch.zeros(batch, dtype=torch.long)
+        self.prefixes: list[Prefix | None] = [None] * batch
+        self.offsets = torch.zeros(batch, dtype=torch.long)
+        self.skip = torch.zeros(batch, dtype=torch.long)
 
     @property
     def width(self) -> int:
@@ -139,34 +152,45 @@ class _BatchCache:
         # concatenating the whole batch cache (a copy of every row, per step).
         self.cache = self.backbone.make_cache(layers, headroom=self.HEADROOM)
 
-    def set_row(self, i: int, layers, n: int) -> None:
-        if self.cache is None:
-            shaped = [(k.new_zeros((self.batch, *k.shape[1:])), v.new_zeros((self.batch, *v.shape[1:]))) for k, v in layers]
-            self._set_layers(shaped)
-            self.mask = torch.zeros(self.batch, n, dtype=torch.long)
-        if n > self.width:
-            grow = n - self.width
+    def set_row(self, i: int, layers, n: int, prefix: Prefix | None = None) -> None:
+        """Row i's context becomes `prefix` followed by (layers, n)."""
+        segments = [(layers, n)] if n else []
+        self.prefixes[i] = prefix if prefix is not None and prefix.n else None
+        self.offsets[i] = self.skip[i] = 0
+        if self.prefixes[i] is not None:
+            if self.shared:
+                self.offsets[i] = prefix.n
+            else:
+                segments.insert(0, (prefix.layers, prefix.n))
+                self.skip[i] = prefix.n
+        total = sum(m for _, m in segments)
+        if total > self.width:
+            grow = total - self.width
             padded = [(torch.cat([k.new_zeros((*k.shape[:2], grow, k.shape[3])), k], 2),
                        torch.cat([v.new_zeros((*v.shape[:2], grow, v.shape[3])), v], 2)) for k, v in self._layers()]
             self._set_layers(padded)
             self.mask = torch.cat([torch.zeros(self.batch, grow, dtype=torch.long), self.mask], 1)
-        w = self.width
-        for (k, v), (nk, nv) in zip(self._layers(), layers):
-            k[i, :, w - n :] = nk[0]
-            v[i, :, w - n :] = nv[0]
+        at = self.width - total
+        for base, m in segments:
+            for (k, v), (nk, nv) in zip(self._layers(), base):
+                k[i, :, at : at + m] = nk[0, :, :m]
+                v[i, :, at : at + m] = nv[0, :, :m]
+            at += m
         self.mask[i] = 0
-        self.mask[i, w - n :] = 1
-        self.lengths[i] = n
+        self.mask[i, self.width - total :] = 1
+        self.lengths[i] = total
 
-    def get_row(self, i: int, skip: int = 0):
-        """A copy of row i's KV (without its first `skip` positions) and the row's length."""
-        n = int(self.lengths[i])
+    def get_row(self, i: int):
+        """A copy of row i's KV after its prefix, and its length."""
+        n, skip = int(self.lengths[i]), int(self.skip[i])
         start = self.width - n + skip
-        return [(k[i : i + 1, :, start:].clone(), v[i : i + 1, :, start:].clone()) for k, v in self._layers()], n
+        return [(k[i : i + 1, :, start:].clone(), v[i : i + 1, :, start:].clone()) for k, v in self._layers()], n - skip
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         mask = torch.cat([self.mask, torch.ones(self.batch, 1, dtype=torch.long)], 1)
-        hidden, self.cache = self.backbone.step(tokens[:, None], mask, self.lengths[:, None].clone(), self.cache)
+        shared = SharedPrefix(self.prefixes, mask) if self.shared and any(self.prefixes) else None
+        positions = (self.offsets + self.lengths)[:, None]
+        hidden, self.cache = self.backbone.step(tokens[:, None], mask, positions, self.cache, shared_prefix=shared)
         self.mask = mask
         self.lengths += 1
         return hidden[:, -1]
@@ -174,14 +198,13 @@ class _BatchCache:
     def release(self, i: int) -> None:
         """Row i holds nothing any more (its question finished, none is left)."""
         self.mask[i] = 0
-        self.lengths[i] = 0
+        self.lengths[i] = self.offsets[i] = self.skip[i] = 0
+        self.prefixes[i] = None
 
     def trim(self, slack: int = 64) -> None:
         """Drop leading columns no row uses any more. Every step adds a
         column for all rows, while a row that switches context is rewritten
         right-aligned; without trimming the width would grow with the run."""
-        if self.cache is None:
-            return
         first = int((self.width - self.lengths).min())
         if first >= slack:
             self._set_layers([(k[:, :, first:], v[:, :, first:]) for k, v in self._layers()])
@@ -193,6 +216,9 @@ class _BatchCache:
         self._set_layers([(k.index_select(0, idx), v.index_select(0, idx)) for k, v in self._layers()])
         self.mask = self.mask.index_select(0, idx)
         self.lengths = self.lengths.index_select(0, idx)
+        self.offsets = self.offsets.index_select(0, idx)
+        self.skip = self.skip.index_select(0, idx)
+        self.prefixes = [self.prefixes[r] for r in rows]
         self.batch = len(rows)
         self.trim(slack=1)  # columns only the dropped rows used
 
@@ -226,7 +252,7 @@ class Agent:
         self.reranker = reranker if getattr(reranker, "name", "none") != "none" else None
         self.tok = backbone.tokenizer
         self.eos = self.tok.eos_token_id
-        self._prefix_cache: dict[str, tuple] = {}
+        self._prefix_cache: dict[str, Prefix] = {}
 
     # ------------------------------------------------------------ helpers
     @property
@@ -238,14 +264,14 @@ class Agent:
     def _encode(self, text: str) -> list[int]:
         return self.tok(text, add_special_tokens=False)["input_ids"]
 
-    def _prefix(self, key: str, text: str):
-        """KV cache of a constant prompt prefix, computed once."""
+    def _prefix(self, key: str, text: str) -> Prefix:
+        """KV cache of a constant prompt prefix, computed once and shared by every row on it."""
         if key not in self._prefix_cache:
-            self._prefix_cache[key] = prefix_row(self.backbone, self._encode(text))
+            self._prefix_cache[key] = shared_prefix(self.backbone, self._encode(text))
         return self._prefix_cache[key]
 
-    def _tool_prefix(self, tool: Tool):
-        """KV row of the tool's few-shot demos (the reasoning prompt's if it has none)."""
+    def _tool_prefix(self, tool: Tool) -> Prefix:
+        """KV of the tool's few-shot demos (the reasoning prompt's if it has none)."""
         return self._prefix(f"tool:{tool.name}", (tool.demo_prompt or self.prompt).prefix)
 
     def _prefill_many(self, jobs: list[tuple]) -> list[tuple]:
@@ -260,40 +286,37 @@ class Agent:
         for slot, kind, what in requests:
             row = rows[slot]
             if kind == "start":
-                layers, n = self._prefix("reason", self.prompt.prefix)
-                jobs.append((layers, n, self._encode(self.prompt.question_part(row.question))))
+                jobs.append((None, 0, self._encode(self.prompt.question_part(row.question)), self._prefix("reason", self.prompt.prefix)))
             elif kind == "enter":
                 row.commit()
-                row.saved = (*batch.get_row(slot), row.hidden)
-                layers, n = self._tool_prefix(what)
+                row.saved = (*batch.get_row(slot), batch.prefixes[slot], row.hidden)
                 if what.name in row.tool_kv:  # called before: extend that context by the text since
-                    suffix, n, covered = row.tool_kv[what.name]
-                    layers = [(torch.cat([pk, sk], 2), torch.cat([pv, sv], 2)) for (pk, pv), (sk, sv) in zip(layers, suffix)]
+                    layers, n, covered = row.tool_kv[what.name]
                     text = row.trace_text[covered:]
                 else:
+                    layers, n = None, 0
                     text = (what.demo_prompt or self.prompt).question_part(row.question) + row.trace_text
-                jobs.append((layers, n, self._encode(text + f"{what.display}(")))
+                jobs.append((layers, n, self._encode(text + f"{what.display}("), self._tool_prefix(what)))
                 row.mode, row.tool, row.arg_ids = "tool", what, []
             else:  # leave tool mode, with the result text (or None after a failure)
                 if row.keep_tool_kv:
-                    suffix, n = batch.get_row(slot, skip=self._tool_prefix(row.tool)[1])
                     # trace_text now ends with `name(args)=result`; the KV ends at `)`
-                    row.tool_kv[row.tool.name] = (suffix, n, len(row.trace_text) - len(what) - 1)
+                    row.tool_kv[row.tool.name] = (*batch.get_row(slot), len(row.trace_text) - len(what) - 1)
                     row.keep_tool_kv = False
-                layers, n, hidden = row.saved
+                layers, n, prefix, hidden = row.saved
                 row.saved, row.mode, row.tool = None, "reason", None
                 ids = self._encode(what) if what else []
                 if not ids or (batch.batch > 1 and len(ids) <= self.MAX_FORCED):
                     # A short result rides along in the next decode steps, one
                     # token each, instead of a prefill forward of its own.
-                    batch.set_row(slot, layers, n)
+                    batch.set_row(slot, layers, n, prefix)
                     row.hidden, row.forced = hidden, ids
                     continue
-                jobs.append((layers, n, ids))
+                jobs.append((layers, n, ids, prefix))
             owners.append(slot)
         if jobs:
-            for slot, (layers, n, hidden) in zip(owners, self._prefill_many(jobs)):
-                batch.set_row(slot, layers, n)
+            for slot, job, (layers, n, hidden) in zip(owners, jobs, self._prefill_many(jobs)):
+                batch.set_row(slot, layers, n, job[3])
                 rows[slot].hidden = hidden
         return [slot for slot, _, _ in requests]
 
@@ -347,7 +370,8 @@ class Agent:
         for j, slot in triggered:
             row = rows[slot]
             layers, n = batch.get_row(slot) if self.reranker.name == "llm" else (None, 0)
-            queries.append(RerankQuery(tools[j] - self.bias, text=row.question + "\n" + row.generation(), layers=layers, n=n))
+            queries.append(RerankQuery(tools[j] - self.bias, text=row.question + "\n" + row.generation(), layers=layers, n=n,
+                                       prefix=batch.prefixes[slot]))
         out = []
         for (_, slot), dec in zip(triggered, self.reranker.decide(queries)):
             row = rows[slot]

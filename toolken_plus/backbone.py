@@ -68,14 +68,23 @@ class Backbone:
         """
         return self._body(input_ids, attention_mask, None, past_key_values, use_cache)
 
-    def step(self, input_ids, attention_mask, position_ids, cache):
+    def step(self, input_ids, attention_mask, position_ids, cache, shared_prefix=None):
         """Extend a (left-padded) batch by `input_ids` with explicit positions:
-        hidden states and the grown cache."""
-        return self._body(input_ids, attention_mask, position_ids, cache, True)
+        hidden states and the grown cache.
 
-    def _body(self, input_ids, attention_mask, position_ids, cache, use_cache):
+        shared_prefix: a `shared_prefix.SharedPrefix` when the cache holds
+        only the rows' suffixes after shared prompt prefixes (it then carries
+        the mask, and attention_mask is ignored)."""
+        if shared_prefix is None:
+            return self._body(input_ids, attention_mask, position_ids, cache, True)
+        from .shared_prefix import attention_switched_to_shared
+
+        with attention_switched_to_shared(self.model):
+            return self._body(input_ids, None, position_ids, cache, True, shared_prefix=shared_prefix)
+
+    def _body(self, input_ids, attention_mask, position_ids, cache, use_cache, **attention_kwargs):
         body = self.model.get_decoder()
-        kwargs = {}
+        kwargs = dict(attention_kwargs)
         if cache is not None:
             # transformers 5 renamed the KV-cache argument `past_key_values` → `cache`.
             kwargs[_kv_cache_arg(body)] = cache
@@ -364,9 +373,12 @@ def tiny_random_backbone(
     intermediate_size: int = 64,
     seed: int = 0,
     name: str = "tiny-random-llama",
+    num_key_value_heads: int | None = None,
 ) -> Backbone:
     """A Llama-architecture model with random weights and a real tokenizer:
-    the whole pipeline runs on it in seconds, for tests and smoke runs."""
+    the whole pipeline runs on it in seconds, for tests and smoke runs.
+    num_key_value_heads < num_attention_heads gives grouped-query attention
+    (as SmolLM2's 9 query heads on 3 key/value heads)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
@@ -374,7 +386,7 @@ def tiny_random_backbone(
         hidden_size=hidden_size,
         num_hidden_layers=num_hidden_layers,
         num_attention_heads=num_attention_heads,
-        num_key_value_heads=num_attention_heads,
+        num_key_value_heads=num_key_value_heads or num_attention_heads,
         intermediate_size=intermediate_size,
         max_position_embeddings=2048,
         tie_word_embeddings=True,
@@ -388,6 +400,8 @@ def tiny_random_backbone(
     model = model.float()
     # Shapes and seed fully determine the weights, so they are the revision.
     rev = f"seed{seed}-h{hidden_size}-l{num_hidden_layers}-v{len(tokenizer)}"
+    if num_key_value_heads and num_key_value_heads != num_attention_heads:
+        rev += f"-kv{num_key_value_heads}"
     return Backbone(freeze(model), tokenizer, name, rev)
 
 

@@ -4,7 +4,9 @@ A "row" is one sequence's KV cache as per-layer (keys, values) tensors of
 batch 1, plus its length n. `prefill_rows` extends many rows by different new
 token sequences in ONE padded forward, which is how every piece of this
 project reuses a prefix instead of recomputing it: the agent's few-shot
-prompt, the reranker's current text, MetaTool's shared instruction.
+prompt, the reranker's current text, MetaTool's shared instruction. A job
+may also name a `Prefix` its row sits on: that prefix's KV is then shared by
+all rows on it instead of copied into each (shared_prefix.py).
 """
 
 from __future__ import annotations
@@ -12,6 +14,17 @@ from __future__ import annotations
 import torch
 
 from .backbone import Backbone, cache_layers
+from .shared_prefix import Prefix, SharedPrefix, supports_shared_prefix
+
+
+def empty_row(backbone: Backbone) -> list[tuple]:
+    """Per-layer (keys, values) of length 0, shaped like the backbone's KV."""
+    c = backbone.model.config
+    kv_heads = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    dtype = next(backbone.model.parameters()).dtype
+    empty = torch.zeros(1, kv_heads, 0, head_dim, dtype=dtype)
+    return [(empty, empty.clone()) for _ in range(c.num_hidden_layers)]
 
 
 @torch.no_grad()
@@ -19,14 +32,14 @@ def prefix_row(backbone: Backbone, ids: list[int]) -> tuple[list[tuple], int]:
     """The KV row of a token sequence, computed from scratch (an empty
     sequence gives an empty row, e.g. a prompt without few-shot demos)."""
     if not ids:
-        c = backbone.model.config
-        kv_heads = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
-        head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
-        dtype = next(backbone.model.parameters()).dtype
-        empty = torch.zeros(1, kv_heads, 0, head_dim, dtype=dtype)
-        return [(empty, empty.clone()) for _ in range(c.num_hidden_layers)], 0
+        return empty_row(backbone), 0
     _, cache = backbone.final_hidden(torch.tensor([ids]), use_cache=True)
     return [(k.clone(), v.clone()) for k, v in cache_layers(cache)], len(ids)
+
+
+def shared_prefix(backbone: Backbone, ids: list[int]) -> Prefix:
+    """A prompt prefix's KV, to be shared by the rows that start with it."""
+    return Prefix(*prefix_row(backbone, ids))
 
 
 def crop_row(layers: list[tuple], n: int) -> list[tuple]:
@@ -36,9 +49,13 @@ def crop_row(layers: list[tuple], n: int) -> list[tuple]:
 
 @torch.no_grad()
 def prefill_rows(backbone: Backbone, jobs: list[tuple], *, keep_rows: bool = True) -> list[tuple]:
-    """Extend several batch-1 KV rows at once: jobs of (layers, n, new_ids) →
-    (layers, n + len(new_ids), last hidden) each, from one padded forward.
+    """Extend several batch-1 KV rows at once: jobs of (layers, n, new_ids)
+    or (layers, n, new_ids, prefix) → (layers, n + len(new_ids), last hidden)
+    each, from one padded forward.
 
+    With a `Prefix`, the job's row (layers, n) is what follows that shared
+    prefix (layers may be None when n is 0), and so is the returned row: the
+    prefix's KV is read in place, never copied per row (shared_prefix.py).
     Row i is laid out as [pad | its n cached | pad | its new ids], so every
     row's last position is its last new token; padding is masked and
     positions are given explicitly, so the result equals a separate forward
@@ -46,30 +63,48 @@ def prefill_rows(backbone: Backbone, jobs: list[tuple], *, keep_rows: bool = Tru
     keep_rows=False the extended rows are not assembled (layers is None):
     callers that need only the last hidden state skip that copy."""
     pad_id = backbone.tokenizer.pad_token_id
-    P = max(n for _, n, _ in jobs)
-    S = max(len(ids) for _, _, ids in jobs)
+    prefixes = [job[3] if len(job) > 3 and job[3] is not None and job[3].n else None for job in jobs]
+    # A single row has no one to share with: copying its prefix and running
+    # the plain attention is faster then.
+    shared = len(jobs) > 1 and any(prefixes) and supports_shared_prefix(backbone)
+    # Each row's cached part, as segments: [suffix] when the prefix is shared,
+    # [prefix, suffix] when it has to be materialised in the row.
+    segments = []
+    for (layers, n, *_), prefix in zip(jobs, prefixes):
+        seg = [(layers, n)] if n else []
+        if prefix is not None and not shared:
+            seg.insert(0, (prefix.layers, prefix.n))
+        segments.append(seg)
+    P = max(sum(m for _, m in seg) for seg in segments)
+    S = max(len(job[2]) for job in jobs)
     R = len(jobs)
-    ref = jobs[0][0]
+    ref = empty_row(backbone)
     layers = [(k.new_zeros((R, k.shape[1], P, k.shape[3])), v.new_zeros((R, v.shape[1], P, v.shape[3]))) for k, v in ref]
     mask = torch.zeros(R, P + S, dtype=torch.long)
     ids = torch.full((R, S), pad_id, dtype=torch.long)
     pos = torch.zeros(R, S, dtype=torch.long)
-    for i, (base, n, new) in enumerate(jobs):
+    for i, ((_, _, new, *_), seg, prefix) in enumerate(zip(jobs, segments, prefixes)):
         if not new:
             raise ValueError("prefill_rows: every job needs at least one new token")
-        for (k, v), (bk, bv) in zip(layers, base):
-            k[i, :, P - n :] = bk[0, :, :n]
-            v[i, :, P - n :] = bv[0, :, :n]
-        mask[i, P - n : P] = 1
+        cached = sum(m for _, m in seg)
+        at = P - cached
+        for base, m in seg:
+            for (k, v), (bk, bv) in zip(layers, base):
+                k[i, :, at : at + m] = bk[0, :, :m]
+                v[i, :, at : at + m] = bv[0, :, :m]
+            at += m
+        start = cached + (prefix.n if shared and prefix is not None else 0)  # the first new token's position
+        mask[i, P - cached : P] = 1
         mask[i, P + S - len(new) :] = 1
         ids[i, S - len(new) :] = torch.tensor(new)
-        pos[i, S - len(new) :] = torch.arange(n, n + len(new))
-    hidden, cache = backbone.step(ids, mask, pos, backbone.make_cache(layers))
+        pos[i, S - len(new) :] = torch.arange(start, start + len(new))
+    sp = SharedPrefix(prefixes, mask) if shared else None
+    hidden, cache = backbone.step(ids, mask, pos, backbone.make_cache(layers), shared_prefix=sp)
     out = []
     grown = cache_layers(cache) if keep_rows else None
-    for i, (_, n, new) in enumerate(jobs):
+    for i, ((_, n, new, *_), seg) in enumerate(zip(jobs, segments)):
         row_layers = None
-        if keep_rows:
+        if keep_rows:  # the row after its prefix: its cached suffix and the new tokens
             row_layers = [(torch.cat([k[i : i + 1, :, P - n : P], k[i : i + 1, :, P + S - len(new) :]], 2),
                            torch.cat([v[i : i + 1, :, P - n : P], v[i : i + 1, :, P + S - len(new) :]], 2))
                           for k, v in grown]

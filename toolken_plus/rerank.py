@@ -40,6 +40,7 @@ class RerankQuery:
     layers: list | None = None  # KV row of the current text (the llm reranker extends it)
     n: int = 0  # its length
     pending: list[int] = field(default_factory=list)  # tokens of the current text not yet in that row
+    prefix: object = None  # a kv.Prefix the row (layers, n) follows, shared with other rows
     force: int | None = None  # training only: a tool that must be among the candidates
     force_slot: int = 0  # ... and the line it takes when it was not there
 
@@ -155,7 +156,7 @@ class LLMReranker:
     def states(self, queries: list[RerankQuery]) -> tuple[torch.Tensor, list[list[int]]]:
         """The rerank hidden states g (one per query) and the candidates."""
         cands = [candidates(q.scores, self.k, q.force, q.force_slot) for q in queries]
-        jobs = [(q.layers, q.n, list(q.pending) + self.block_ids(c)) for q, c in zip(queries, cands)]
+        jobs = [(q.layers, q.n, list(q.pending) + self.block_ids(c), q.prefix) for q, c in zip(queries, cands)]
         out = prefill_rows(self.backbone, jobs, keep_rows=False)
         return torch.stack([h for _, _, h in out]), cands
 
