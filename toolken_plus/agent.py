@@ -507,7 +507,12 @@ class Agent:
             active = [s for s, r in enumerate(rows) if r is not None]
             if not active:
                 break
-            if len(active) <= len(rows) // 2 and not queue:  # the tail: stop computing empty rows
+            if len(active) < len(rows) and not queue:
+                # The tail: stop computing empty rows, as soon as they empty.
+                # Dropping rows copies the cache once; a row costs a few ms
+                # in every step of a tail that runs for many steps (on 32
+                # questions at batch 16 this was ~7% faster than waiting
+                # until half the rows were empty).
                 batch.keep(active)
                 rows = [rows[s] for s in active]
                 tokens = tokens[active]
