@@ -6,9 +6,13 @@ batch size; prints total seconds, decoded tokens, calls, and the cumulative
 seconds of decoding steps (`_BatchCache.step`) vs context switches
 (`Agent._switch`, of which batched prefills `_prefill_many`).
 Part 2: one decode step of the backbone on a synthetic KV cache of the given
-width at batch 1 and at the batch size (median of 5), and the tokens/s ratio.
-Part 3: the vocabulary-head projection of a few hidden states, as `h @ W.T`
-and as `(W @ h.T).T` (the agent uses the latter), at batch 1, 4 and the batch size.
+width (with the agent's room to append) at batch 1 and at the batch size
+(median of 5), and the tokens/s ratio.
+Part 3: the matmul of a few rows by a wide weight, as `x @ W.T` and as
+`(W @ x.T).T` (backbone.times_transposed, which the agent and the backbone's
+FewRowsLinear layers use): the vocabulary head at 1, 4 and the batch size
+rows, and a whole decode step with the backbone's linear layers as plain
+nn.Linear vs FewRowsLinear at batch 2, 4 and the batch size (best of 3, interleaved).
 
     python bench/agent_profile.py --checkpoint outputs/demo/<run> [--n 16] [--batch-size 16] [--width 800]
 """
@@ -28,7 +32,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
+from torch import nn  # noqa: E402
 
+from toolken_plus.backbone import FewRowsLinear, times_transposed  # noqa: E402
 from toolken_plus.config import PROJECT_ROOT  # noqa: E402
 from toolken_plus.infer_recipe import load_agent  # noqa: E402
 from toolken_plus.tasks.gsm8k import load_gsm8k_xl_test  # noqa: E402
@@ -39,28 +45,42 @@ def cumulative(stats: pstats.Stats, func_name: str, file_end: str = "agent.py") 
     return sum(v[3] for (path, _, name), v in stats.stats.items() if name == func_name and path.endswith(file_end))
 
 
-def step_ms(backbone, batch: int, width: int) -> float:
+def step_ms(backbone, batch: int, width: int, steps: int = 6) -> float:
+    """Median ms of one decode step at this batch and KV width (the first step is warm-up)."""
     c = backbone.model.config
     kvh, hd = c.num_key_value_heads, c.hidden_size // c.num_attention_heads
     layers = [(torch.randn(batch, kvh, width, hd), torch.randn(batch, kvh, width, hd)) for _ in range(c.num_hidden_layers)]
-    mask = torch.ones(batch, width + 1, dtype=torch.long)
+    cache = backbone.make_cache(layers, headroom=64)
     tok = torch.zeros(batch, 1, dtype=torch.long)
-    pos = torch.full((batch, 1), width)
     times = []
     with torch.no_grad():
-        for _ in range(6):
-            cache = backbone.make_cache([(k.clone(), v.clone()) for k, v in layers])
+        for i in range(steps):
+            mask = torch.ones(batch, width + i + 1, dtype=torch.long)
             t0 = time.perf_counter()
-            backbone.step(tok, mask, pos, cache)
+            backbone.step(tok, mask, torch.full((batch, 1), width + i), cache)
             times.append(time.perf_counter() - t0)
     return 1000 * statistics.median(times[1:])
+
+
+def linear_step_ms(backbone, batch: int, width: int) -> tuple[float, float]:
+    """Best-of-3 decode-step ms with the backbone's linears as nn.Linear and as FewRowsLinear."""
+    layers = [m for m in backbone.model.modules() if isinstance(m, nn.Linear)]
+    best = {nn.Linear: float("inf"), FewRowsLinear: float("inf")}
+    for _ in range(3):
+        for cls in best:
+            for m in layers:
+                m.__class__ = cls
+            best[cls] = min(best[cls], step_ms(backbone, batch, width))
+    for m in layers:
+        m.__class__ = FewRowsLinear
+    return best[nn.Linear], best[FewRowsLinear]
 
 
 def head_ms(weight: torch.Tensor, rows: int) -> tuple[float, float]:
     """Median ms of h @ W.T and of (W @ h.T).T for `rows` hidden states."""
     h = torch.randn(rows, weight.shape[1])
     out = []
-    for f in (lambda: h @ weight.T, lambda: (weight @ h.T).T):
+    for f in (lambda: h @ weight.T, lambda: times_transposed(h, weight)):
         times = []
         for _ in range(11):
             t0 = time.perf_counter()
@@ -103,6 +123,10 @@ def main(argv=None) -> None:
         plain, flipped = head_ms(agent.backbone.lm_head.weight, rows)
         print(f"part 3: head projection of {rows:>2} rows: h @ W.T {plain:5.1f} ms, (W @ h.T).T {flipped:5.1f} ms "
               f"({plain / flipped:.2f}x)")
+    for batch in sorted({2, 4, args.batch_size}):
+        plain, few = linear_step_ms(agent.backbone, batch, args.width)
+        print(f"part 3: decode step at batch {batch:>2}: nn.Linear {plain:5.1f} ms, FewRowsLinear {few:5.1f} ms "
+              f"({plain / few:.2f}x)")
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .answers import extract_answer
-from .backbone import Backbone, cache_layers
+from .backbone import Backbone, cache_layers, times_transposed
 from .head import ToolkenHead
 from .kv import empty_row, prefill_by_length, shared_prefix
 from .prompts import FewShotPrompt
@@ -341,9 +341,7 @@ class Agent:
 
     # ----------------------------------------------------------- decisions
     def _logits(self, hidden: torch.Tensor):
-        # W @ h.T, not h @ W.T: for a few rows against the 49152-row head,
-        # CPU matmul runs the former 1.6-3x faster (bench/agent_profile.py, part 3).
-        vocab = (self.backbone.lm_head.weight @ hidden.T).T
+        vocab = times_transposed(hidden, self.backbone.lm_head.weight)
         tools = self.head(hidden) + self.bias if self.head is not None else None
         return vocab, tools
 
