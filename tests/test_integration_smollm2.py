@@ -53,3 +53,29 @@ def test_smollm2_rerank_state_with_reused_kv_equals_full_forward(data_root):
     with torch.no_grad():
         full, _ = backbone.final_hidden(torch.tensor([ids + rr.block_ids(cands[0])]))
     assert torch.allclose(g[0], full[0, -1], atol=1e-4)
+
+
+def test_smollm2_rows_share_the_few_shot_prefix(data_root):
+    """SmolLM2 (9 query heads on 3 key/value heads) runs shared-prefix attention,
+    and two rows on the GSM8K-XL prompt give their full rows' hidden states."""
+    import torch
+
+    from toolken_plus.backbone import SMOLLM2_135M, build_backbone
+    from toolken_plus.kv import prefill_rows, shared_prefix
+    from toolken_plus.prompts import FewShotPrompt
+    from toolken_plus.shared_prefix import supports_shared_prefix
+
+    backbone = build_backbone(SMOLLM2_135M)
+    assert supports_shared_prefix(backbone)  # else every batched row would carry a copy of the prompt
+    tok = backbone.tokenizer
+    prompt = FewShotPrompt.from_file(data_root / "gsm8k-xl" / "template" / "llama_general.txt")
+    prefix_ids = tok(prompt.prefix, add_special_tokens=False)["input_ids"]
+    prefix = shared_prefix(backbone, prefix_ids)
+    parts = [tok(prompt.question_part(q), add_special_tokens=False)["input_ids"]
+             for q in ("Natalia sold 48 clips in April and half as many in May.", "What is 5 times 6?")]
+    out = prefill_rows(backbone, [(None, 0, ids, prefix) for ids in parts])
+    for ids, (_, n, hidden) in zip(parts, out):
+        with torch.no_grad():
+            full, _ = backbone.final_hidden(torch.tensor([prefix_ids + ids]))
+        assert n == len(ids)
+        assert torch.allclose(hidden, full[0, -1], atol=1e-3)

@@ -78,8 +78,8 @@ def prefill_rows(backbone: Backbone, jobs: list[tuple], *, keep_rows: bool = Tru
     P = max(sum(m for _, m in seg) for seg in segments)
     S = max(len(job[2]) for job in jobs)
     R = len(jobs)
-    ref = empty_row(backbone)
-    layers = [(k.new_zeros((R, k.shape[1], P, k.shape[3])), v.new_zeros((R, v.shape[1], P, v.shape[3]))) for k, v in ref]
+    padded = [(k.new_zeros((R, k.shape[1], P, k.shape[3])), v.new_zeros((R, v.shape[1], P, v.shape[3])))
+              for k, v in empty_row(backbone)]
     mask = torch.zeros(R, P + S, dtype=torch.long)
     ids = torch.full((R, S), pad_id, dtype=torch.long)
     pos = torch.zeros(R, S, dtype=torch.long)
@@ -89,7 +89,7 @@ def prefill_rows(backbone: Backbone, jobs: list[tuple], *, keep_rows: bool = Tru
         cached = sum(m for _, m in seg)
         at = P - cached
         for base, m in seg:
-            for (k, v), (bk, bv) in zip(layers, base):
+            for (k, v), (bk, bv) in zip(padded, base):
                 k[i, :, at : at + m] = bk[0, :, :m]
                 v[i, :, at : at + m] = bv[0, :, :m]
             at += m
@@ -99,7 +99,7 @@ def prefill_rows(backbone: Backbone, jobs: list[tuple], *, keep_rows: bool = Tru
         ids[i, S - len(new) :] = torch.tensor(new)
         pos[i, S - len(new) :] = torch.arange(start, start + len(new))
     sp = SharedPrefix(prefixes, mask) if shared else None
-    hidden, cache = backbone.step(ids, mask, pos, backbone.make_cache(layers), shared_prefix=sp)
+    hidden, cache = backbone.step(ids, mask, pos, backbone.make_cache(padded), shared_prefix=sp)
     out = []
     grown = cache_layers(cache) if keep_rows else None
     for i, ((_, n, new, *_), seg) in enumerate(zip(jobs, segments)):

@@ -13,7 +13,7 @@ the concatenated row (tests/test_shared_prefix.py).
 Plumbing: transformers passes extra keyword arguments of the decoder's
 forward down to the attention function, so `Backbone.step(...,
 shared_prefix=SharedPrefix(...))` reaches `_attention` below, which is
-switched in for that call only (`attention_switched_to`). Position ids are
+switched in for that call only (`attention_switched_to_shared`). Position ids are
 the caller's: a suffix token at suffix index j of a row on a prefix of length
 P sits at position P + j, exactly where it would in the full row.
 """
