@@ -33,10 +33,10 @@ from tqdm.auto import tqdm
 from .answers import extract_answer
 from .backbone import Backbone, cache_layers, times_transposed
 from .head import ToolkenHead
-from .kv import empty_row, prefill_by_length, shared_prefix
+from .kv import empty_row, prefill_by_length, row_segments, shared_prefix, write_segments
 from .prompts import FewShotPrompt
 from .registry import Tool
-from .shared_prefix import Prefix, SharedPrefix, supports_shared_prefix
+from .shared_prefix import Prefix, SharedPrefix, share_prefixes
 from .toolcall import ToolArgumentError, call_with_timeout, coerce_arguments, parse_arguments
 
 log = logging.getLogger(__name__)
@@ -132,7 +132,7 @@ class _BatchCache:
     def __init__(self, backbone: Backbone, batch: int):
         self.backbone = backbone
         self.batch = batch
-        self.shared = batch > 1 and supports_shared_prefix(backbone)
+        self.shared = share_prefixes(backbone, batch)
         self._set_layers([(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)) for k, v in empty_row(backbone)])
         self.mask = torch.zeros(batch, 0, dtype=torch.long)
         self.lengths = torch.zeros(batch, dtype=torch.long)
@@ -154,15 +154,10 @@ class _BatchCache:
 
     def set_row(self, i: int, layers, n: int, prefix: Prefix | None = None) -> None:
         """Row i's context becomes `prefix` followed by (layers, n)."""
-        segments = [(layers, n)] if n else []
-        self.prefixes[i] = prefix if prefix is not None and prefix.n else None
-        self.offsets[i] = self.skip[i] = 0
-        if self.prefixes[i] is not None:
-            if self.shared:
-                self.offsets[i] = prefix.n
-            else:
-                segments.insert(0, (prefix.layers, prefix.n))
-                self.skip[i] = prefix.n
+        segments = row_segments(layers, n, prefix, self.shared)
+        self.prefixes[i] = prefix
+        prefix_n = prefix.n if prefix is not None else 0
+        self.offsets[i], self.skip[i] = (prefix_n, 0) if self.shared else (0, prefix_n)
         total = sum(m for _, m in segments)
         if total > self.width:
             grow = total - self.width
@@ -170,12 +165,7 @@ class _BatchCache:
                        torch.cat([v.new_zeros((*v.shape[:2], grow, v.shape[3])), v], 2)) for k, v in self._layers()]
             self._set_layers(padded)
             self.mask = torch.cat([torch.zeros(self.batch, grow, dtype=torch.long), self.mask], 1)
-        at = self.width - total
-        for base, m in segments:
-            for (k, v), (nk, nv) in zip(self._layers(), base):
-                k[i, :, at : at + m] = nk[0, :, :m]
-                v[i, :, at : at + m] = nv[0, :, :m]
-            at += m
+        write_segments(self._layers(), i, self.width, segments)
         self.mask[i] = 0
         self.mask[i, self.width - total :] = 1
         self.lengths[i] = total
@@ -252,7 +242,7 @@ class Agent:
         self.reranker = reranker if getattr(reranker, "name", "none") != "none" else None
         self.tok = backbone.tokenizer
         self.eos = self.tok.eos_token_id
-        self._prefix_cache: dict[str, Prefix] = {}
+        self._prefix_cache: dict[str, Prefix | None] = {}
 
     # ------------------------------------------------------------ helpers
     @property
@@ -264,13 +254,13 @@ class Agent:
     def _encode(self, text: str) -> list[int]:
         return self.tok(text, add_special_tokens=False)["input_ids"]
 
-    def _prefix(self, key: str, text: str) -> Prefix:
+    def _prefix(self, key: str, text: str) -> Prefix | None:
         """KV cache of a constant prompt prefix, computed once and shared by every row on it."""
         if key not in self._prefix_cache:
             self._prefix_cache[key] = shared_prefix(self.backbone, self._encode(text))
         return self._prefix_cache[key]
 
-    def _tool_prefix(self, tool: Tool) -> Prefix:
+    def _tool_prefix(self, tool: Tool) -> Prefix | None:
         """KV of the tool's few-shot demos (the reasoning prompt's if it has none)."""
         return self._prefix(f"tool:{tool.name}", (tool.demo_prompt or self.prompt).prefix)
 
@@ -508,9 +498,9 @@ class Agent:
             if len(active) < len(rows) and not queue:
                 # The tail: stop computing empty rows, as soon as they empty.
                 # Dropping rows copies the cache once; a row costs a few ms
-                # in every step of a tail that runs for many steps (on 32
-                # questions at batch 16 this was ~7% faster than waiting
-                # until half the rows were empty).
+                # in every step of a tail that runs for many steps (in a
+                # one-off A/B run on 32 questions at batch 16, ~7% faster
+                # than waiting until half the rows were empty).
                 batch.keep(active)
                 rows = [rows[s] for s in active]
                 tokens = tokens[active]

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from .backbone import Backbone, cache_layers
-from .shared_prefix import Prefix, SharedPrefix, supports_shared_prefix
+from .shared_prefix import Prefix, SharedPrefix, share_prefixes
 
 
 def empty_row(backbone: Backbone) -> list[tuple]:
@@ -37,9 +37,31 @@ def prefix_row(backbone: Backbone, ids: list[int]) -> tuple[list[tuple], int]:
     return [(k.clone(), v.clone()) for k, v in cache_layers(cache)], len(ids)
 
 
-def shared_prefix(backbone: Backbone, ids: list[int]) -> Prefix:
-    """A prompt prefix's KV, to be shared by the rows that start with it."""
-    return Prefix(*prefix_row(backbone, ids))
+def shared_prefix(backbone: Backbone, ids: list[int]) -> Prefix | None:
+    """A prompt prefix's KV, to be shared by the rows that start with it
+    (None for an empty prompt: there is nothing to share)."""
+    return Prefix(*prefix_row(backbone, ids)) if ids else None
+
+
+def row_segments(layers, n: int, prefix: Prefix | None, shared: bool) -> list[tuple]:
+    """What a row's slot in a padded KV tensor holds, as (layers, length)
+    pieces: its own n positions, after a copy of its prefix when the prefix
+    is not shared (`share_prefixes` said no)."""
+    segments = [(layers, n)] if n else []
+    if prefix is not None and not shared:
+        segments.insert(0, (prefix.layers, prefix.n))
+    return segments
+
+
+def write_segments(padded: list[tuple], i: int, end: int, segments: list[tuple]) -> None:
+    """Copy a row's segments into slot i of per-layer [rows, heads, T, dim]
+    tensors, so that they end at position `end` (right-aligned)."""
+    at = end - sum(m for _, m in segments)
+    for base, m in segments:
+        for (k, v), (bk, bv) in zip(padded, base):
+            k[i, :, at : at + m] = bk[0, :, :m]
+            v[i, :, at : at + m] = bv[0, :, :m]
+        at += m
 
 
 def crop_row(layers: list[tuple], n: int) -> list[tuple]:
@@ -63,18 +85,9 @@ def prefill_rows(backbone: Backbone, jobs: list[tuple], *, keep_rows: bool = Tru
     keep_rows=False the extended rows are not assembled (layers is None):
     callers that need only the last hidden state skip that copy."""
     pad_id = backbone.tokenizer.pad_token_id
-    prefixes = [job[3] if len(job) > 3 and job[3] is not None and job[3].n else None for job in jobs]
-    # A single row has no one to share with: copying its prefix and running
-    # the plain attention is faster then.
-    shared = len(jobs) > 1 and any(prefixes) and supports_shared_prefix(backbone)
-    # Each row's cached part, as segments: [suffix] when the prefix is shared,
-    # [prefix, suffix] when it has to be materialised in the row.
-    segments = []
-    for (layers, n, *_), prefix in zip(jobs, prefixes):
-        seg = [(layers, n)] if n else []
-        if prefix is not None and not shared:
-            seg.insert(0, (prefix.layers, prefix.n))
-        segments.append(seg)
+    prefixes = [job[3] if len(job) > 3 else None for job in jobs]
+    shared = any(prefixes) and share_prefixes(backbone, len(jobs))
+    segments = [row_segments(layers, n, prefix, shared) for (layers, n, *_), prefix in zip(jobs, prefixes)]
     P = max(sum(m for _, m in seg) for seg in segments)
     S = max(len(job[2]) for job in jobs)
     R = len(jobs)
@@ -86,13 +99,8 @@ def prefill_rows(backbone: Backbone, jobs: list[tuple], *, keep_rows: bool = Tru
     for i, ((_, _, new, *_), seg, prefix) in enumerate(zip(jobs, segments, prefixes)):
         if not new:
             raise ValueError("prefill_rows: every job needs at least one new token")
+        write_segments(padded, i, P, seg)
         cached = sum(m for _, m in seg)
-        at = P - cached
-        for base, m in seg:
-            for (k, v), (bk, bv) in zip(padded, base):
-                k[i, :, at : at + m] = bk[0, :, :m]
-                v[i, :, at : at + m] = bv[0, :, :m]
-            at += m
         start = cached + (prefix.n if shared and prefix is not None else 0)  # the first new token's position
         mask[i, P - cached : P] = 1
         mask[i, P + S - len(new) :] = 1
@@ -102,7 +110,7 @@ def prefill_rows(backbone: Backbone, jobs: list[tuple], *, keep_rows: bool = Tru
     hidden, cache = backbone.step(ids, mask, pos, backbone.make_cache(padded), shared_prefix=sp)
     out = []
     grown = cache_layers(cache) if keep_rows else None
-    for i, ((_, n, new, *_), seg) in enumerate(zip(jobs, segments)):
+    for i, (_, n, new, *_) in enumerate(jobs):
         row_layers = None
         if keep_rows:  # the row after its prefix: its cached suffix and the new tokens
             row_layers = [(torch.cat([k[i : i + 1, :, P - n : P], k[i : i + 1, :, P + S - len(new) :]], 2),
