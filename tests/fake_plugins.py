@@ -45,6 +45,53 @@ def add(a: float, b: float) -> str:
 '''
 
 
+# Plugins that try to end or hijack the process while loading.
+EXIT_MODULE = "import sys\nsys.exit(3)\n"
+
+EXIT_PACK_MODULE = '''
+import sys
+from toolken_plus import ToolPack
+
+def _tools(data_root):
+    sys.exit("no tools today")
+
+PACK = ToolPack("quitter", _tools)
+'''
+
+BASE_EXCEPTION_MODULE = '''
+class Escape(BaseException):
+    """Not an Exception: `except Exception` does not stop it."""
+
+raise Escape("out of here")
+'''
+
+STDOUT_MODULE = '''
+import io
+import sys
+
+from toolken_plus import tool
+
+sys.stdout = io.StringIO()  # everything printed afterwards would vanish
+
+@tool
+def hush(text: str) -> str:
+    """Repeats the text quietly."""
+    return text
+'''
+
+HOSTILE_ERROR_MODULE = '''
+import sys
+
+class HostileError(Exception):
+    def __str__(self):  # even showing the error ends the program
+        sys.exit(4)
+
+raise HostileError()
+'''
+
+INTERRUPT_MODULE = "raise KeyboardInterrupt\n"  # as if the user pressed Ctrl-C during the import
+
+
 def make_distribution(root: Path, name: str, entry_points: dict[str, str], modules: dict[str, str]) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     info = root / f"{name.replace('-', '_')}-0.1.dist-info"
@@ -72,7 +119,21 @@ def clash_distribution(root: Path) -> Path:
     return make_distribution(root, "clash-tools", {"adder": "clash_tools"}, {"clash_tools": CLASH_MODULE})
 
 
-PLUGIN_MODULES = ("weather_tools", "broken_tools", "undocumented_tools", "clash_tools")
+def exiting_distribution(root: Path) -> Path:
+    return make_distribution(root, "exit-tools",
+                             {"quits": "exit_tools", "packquits": "exit_pack_tools:PACK",
+                              "escapes": "escape_tools", "hijacks": "stdout_tools", "hostile": "hostile_tools"},
+                             {"exit_tools": EXIT_MODULE, "exit_pack_tools": EXIT_PACK_MODULE,
+                              "escape_tools": BASE_EXCEPTION_MODULE, "stdout_tools": STDOUT_MODULE,
+                              "hostile_tools": HOSTILE_ERROR_MODULE})
+
+
+def interrupt_distribution(root: Path) -> Path:
+    return make_distribution(root, "interrupt-tools", {"ctrlc": "interrupt_tools"}, {"interrupt_tools": INTERRUPT_MODULE})
+
+
+PLUGIN_MODULES = ("weather_tools", "broken_tools", "undocumented_tools", "clash_tools", "exit_tools",
+                  "exit_pack_tools", "escape_tools", "stdout_tools", "hostile_tools", "interrupt_tools")
 
 
 def weather_examples(n: int = 8) -> list[dict]:

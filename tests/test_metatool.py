@@ -57,6 +57,48 @@ def test_query_csv_reads_none_and_names_bad_rows(tmp_path):
         metatool.load_queries_csv(f, {"WeatherTool"})
 
 
+@pytest.mark.parametrize("row, reason", [("Weather in Paris,", "empty Tool cell"),  # was read as "no tool"
+                                         ("Weather in Paris", "no Tool cell")])  # the column is missing
+def test_query_csv_missing_tool_is_an_error_not_no_tool(tmp_path, row, reason):
+    f = tmp_path / "q.csv"
+    f.write_text(f"Query,Tool\nok,WeatherTool\n{row}\nfine,None\n")
+    with pytest.raises(DataError, match=rf"^{f}:3: {reason} \(write None when the query needs no tool\)"):
+        metatool.load_queries_csv(f, {"WeatherTool"})
+
+
+@pytest.mark.parametrize("spelling", ["none", "null", "NONE"])
+def test_query_csv_only_the_literal_None_means_no_tool(tmp_path, spelling):
+    f = tmp_path / "q.csv"
+    f.write_text(f"Query,Tool\nHi there, None \nWhat's up?,{spelling}\n")
+    with pytest.raises(DataError, match=rf"q.csv:3: unknown tool '{spelling}' .*None means no tool"):
+        metatool.load_queries_csv(f, {"WeatherTool"})
+    assert metatool.load_queries_csv(f, {"WeatherTool", spelling})[1].tool == spelling  # a tool may be named so
+
+
+def test_query_csv_names_the_file_line_after_a_multiline_query(tmp_path):
+    f = tmp_path / "q.csv"
+    f.write_text('Query,Tool\n"Weather in\nParis",WeatherTool\nok,\n')
+    with pytest.raises(DataError, match=rf"^{f}:4: empty Tool cell"):
+        metatool.load_queries_csv(f, {"WeatherTool"})
+    f.write_text('Query,Tool\n"Weather in\nParis",WeatherTool\nok,None\n')
+    assert [r.id for r in metatool.load_queries_csv(f, {"WeatherTool"})] == ["q-2", "q-3"]  # ids count rows
+
+
+def test_query_csv_without_queries_is_an_error(tmp_path):
+    f = tmp_path / "q.csv"
+    f.write_text("Query,Tool\n")
+    with pytest.raises(DataError, match=f"^no questions in {f}$"):
+        metatool.load_queries_csv(f, {"WeatherTool"})
+
+
+def test_real_query_csv_loads_with_every_tool_cell_filled(data_root):
+    docs = metatool.load_tool_docs(data_root / TASK["docs_file"])
+    rows = metatool.load_queries_csv(data_root / TASK["data_file"], docs)
+    assert len(rows) == 20614 and rows[-1].id == "q-20615"
+    # No row of all_clean_data.csv is "no tool" (its negatives are Task1's); no cell is empty.
+    assert not [r for r in rows if r.tool is None]
+
+
 def test_prefix_reusing_cache_equals_full_forward(tiny_backbone, cache_root):
     tok = tiny_backbone.tokenizer
     prefix = tok(metatool.PROMPT_PREFIX, add_special_tokens=False)["input_ids"]

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from toolken_plus.head import ToolkenHead
-from toolken_plus.plugins import GROUP, ToolConflictError, UnknownToolError, discover_tools
+from toolken_plus.head import CONFIG_NAME, ToolkenHead
+from toolken_plus.plugins import GROUP, ToolConflictError, UnknownToolError, checkpoint_tools, discover_tools
 from toolken_plus.registry import calculator_tools, doc_hash
 
-from fake_plugins import (WEATHER_DOC, bad_distribution, clash_distribution, install,  # noqa: F401 (fixture)
-                          weather_distribution)
+from fake_plugins import (WEATHER_DOC, bad_distribution, clash_distribution, exiting_distribution,  # noqa: F401
+                          install, interrupt_distribution, weather_distribution)
 
 CALCULATOR = ["add", "subtract", "multiply", "divide"]
 PROMPT = "Answer the question.\n\nQuestion: [QUESTION]\nAnswer:"
@@ -70,6 +70,40 @@ def test_bad_plugins_are_reported_by_name_and_the_rest_load(install):
         reg.get("undocumented")
 
 
+def test_plugins_that_exit_or_take_over_stdout_are_reported_and_the_rest_load(install):
+    install(weather_distribution, exiting_distribution)
+    stdout = sys.stdout
+    reg = discover_tools()
+    assert sys.stdout is stdout  # the hijacker's replacement was undone
+    problems = {p.origin.plugin: str(p) for p in reg.problems}
+    assert set(problems) == {"quits", "packquits", "escapes", "hijacks", "hostile"}
+    assert problems["quits"] == "tool plugin 'quits' from exit-tools (exit_tools): called sys.exit(3) while importing"
+    assert "called sys.exit('no tools today') while loading its tools" in problems["packquits"]
+    assert "raised Escape: out of here while importing" in problems["escapes"]
+    assert "replaced sys.stdout while importing" in problems["hijacks"]
+    assert "cannot import it: HostileError: (its message cannot be shown)" in problems["hostile"]
+    assert "hush" not in reg.names  # a plugin that misbehaves is not half-loaded
+    assert {"weather", *CALCULATOR} <= set(reg.names)
+
+
+def test_ctrl_c_while_a_plugin_imports_still_stops_the_program(install):
+    install(interrupt_distribution, weather_distribution)
+    with pytest.raises(KeyboardInterrupt):
+        discover_tools()
+
+
+def test_checkpoint_needing_a_tool_of_an_exiting_plugin_names_the_plugin(install, tmp_path):
+    install(exiting_distribution)
+    checkpoint = tmp_path / "run"
+    checkpoint.mkdir()
+    (checkpoint / CONFIG_NAME).write_text(json.dumps({"tools": [{"name": "add"}, {"name": "quit_tool"}]}))
+    with pytest.raises(UnknownToolError) as err:
+        checkpoint_tools(checkpoint)
+    msg = str(err.value)
+    assert "no registered tool 'quit_tool'" in msg and "Plugins that failed to load" in msg
+    assert "'quits' from exit-tools (exit_tools): called sys.exit(3) while importing" in msg
+
+
 def test_same_tool_name_twice_is_an_error_naming_both_sources(install):
     install(clash_distribution, weather_distribution)
     reg = discover_tools()
@@ -109,6 +143,22 @@ def test_cli_reports_bad_plugins_and_exits_nonzero(tmp_path):
         assert name in proc.stderr
     assert "add" in proc.stdout  # the others still listed
     assert _cli(["tools", "--help"]).returncode == 0
+
+
+def test_cli_reports_a_plugin_that_exits_and_still_lists_the_others(tmp_path):
+    site = exiting_distribution(weather_distribution(tmp_path / "site"))
+    proc = _cli(["tools"], site)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "'quits' from exit-tools" in proc.stderr and "called sys.exit(3) while importing" in proc.stderr
+    assert "replaced sys.stdout" in proc.stderr
+    names = {line.split()[0] for line in proc.stdout.splitlines()[1:-1]}
+    assert {"weather", *CALCULATOR} <= names
+
+    proc = _cli(["tools", "--json"], site)
+    assert proc.returncode == 1
+    data = json.loads(proc.stdout)
+    assert "weather" in {t["name"] for t in data["tools"]}
+    assert any("sys.exit(3)" in p for p in data["problems"])
 
 
 def test_agent_names_a_missing_plugin(tmp_path, tiny_backbone, data_root):

@@ -12,16 +12,26 @@ import, or yields something that is not a documented tool, is recorded in
 `ToolRegistry.problems` with the plugin's name and logged, and the other
 plugins still load. Two different tools with one name are a conflict: the name
 is withheld and asking for it raises an error naming both sources.
+
+Plugin code cannot end the program while it loads: `sys.exit()` and other
+BaseExceptions are reported like any other failure (only KeyboardInterrupt, the
+user's Ctrl-C, goes through), and a plugin that replaces sys.stdin, sys.stdout
+or sys.stderr gets them put back and is reported, its tools not loaded (the
+listing must still be printed). What cannot be caught in
+this process is a plugin calling `os._exit()` (or crashing the interpreter) at
+import: that ends the program on the spot. Only running plugin code in another
+process guards against it (see toolken_plus/isolation.py for tool calls).
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 import types
 from dataclasses import dataclass, replace
 from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable, TypeVar
 
 from .registry import Tool, ToolDefinitionError, ToolPack, tool
 
@@ -29,6 +39,13 @@ log = logging.getLogger(__name__)
 
 GROUP = "toolken_plus.tools"
 BUILTIN_PACKAGE = "toolken_plus"
+
+# The two steps that run a plugin's code, as problem reports name them.
+IMPORTING = "while importing"
+LOADING = "while loading its tools"
+_STD_STREAMS = ("stdin", "stdout", "stderr")
+
+_T = TypeVar("_T")
 
 
 class UnknownToolError(KeyError):
@@ -179,6 +196,54 @@ def tools_of(obj, data_root: Path | None, target: str) -> list[Tool]:
     return [tool(obj)]  # a plain function: name and docs from the function itself
 
 
+def _run_plugin_code(action: Callable[[], _T], step: str) -> tuple[_T | None, str | None]:
+    """``(action(), None)``, or ``(None, what the plugin did wrong)``.
+
+    Third-party code may raise anything, SystemExit included (`sys.exit()` in a
+    module or a pack's factory): all of it is caught so that one plugin cannot
+    end the program, silently, with exit status 0. KeyboardInterrupt is the
+    user stopping the program and propagates. Standard streams the plugin
+    replaced are put back in every case: the listing and error messages must
+    still reach the user.
+    """
+    streams = {name: getattr(sys, name) for name in _STD_STREAMS}
+    try:
+        result, problem = action(), None
+    except KeyboardInterrupt:
+        raise
+    except BaseException as err:  # deliberately SystemExit too; see above
+        result, problem = None, _describe_failure(err, step)
+    finally:
+        replaced = [name for name, stream in streams.items() if getattr(sys, name) is not stream]
+        for name in replaced:
+            setattr(sys, name, streams[name])
+    if replaced and problem is None:
+        problem = f"replaced {' and '.join(f'sys.{n}' for n in replaced)} {step} (put back)"
+    return result, problem
+
+
+def _describe_failure(err: BaseException, step: str) -> str:
+    name = type(err).__name__
+    if isinstance(err, SystemExit):
+        call = "sys.exit()" if err.code is None else f"sys.exit({_plugin_text(lambda: repr(err.code))})"
+        return f"called {call} {step}"
+    detail = _plugin_text(lambda: str(err))
+    if not isinstance(err, Exception):  # e.g. a plugin's own BaseException subclass
+        return f"raised {name}: {detail} {step}"
+    return f"cannot import it: {name}: {detail}" if step == IMPORTING else f"{name}: {detail}"
+
+
+def _plugin_text(text: Callable[[], str]) -> str:
+    """str() or repr() of an object from a plugin: its __str__ is plugin code
+    too, and may raise (or exit) instead of answering."""
+    try:
+        return text()
+    except KeyboardInterrupt:
+        raise
+    except BaseException:
+        return "(its message cannot be shown)"
+
+
 def discover_tools(data_root: str | Path | None = None, *, group: str = GROUP, extra: Iterable[Tool] = ()) -> ToolRegistry:
     """Every tool installed through the entry-point group, plus `extra` tools
     defined in the caller's code. `data_root` is handed to packs whose tools
@@ -187,15 +252,11 @@ def discover_tools(data_root: str | Path | None = None, *, group: str = GROUP, e
     registry = ToolRegistry()
     for ep in _entry_points(group):
         origin = Origin(_package(ep), ep.name, ep.value)
-        try:
-            obj = ep.load()
-        except Exception as err:  # any import-time failure of third-party code
-            registry.report(origin, f"cannot import it: {type(err).__name__}: {err}")
-            continue
-        try:
-            found = tools_of(obj, root, ep.value)
-        except Exception as err:
-            registry.report(origin, f"{type(err).__name__}: {err}")
+        obj, problem = _run_plugin_code(ep.load, IMPORTING)
+        if problem is None:
+            found, problem = _run_plugin_code(lambda: tools_of(obj, root, ep.value), LOADING)
+        if problem is not None:
+            registry.report(origin, problem)
             continue
         for t in found:
             registry.register(t, origin)

@@ -40,6 +40,7 @@ really used but no toolken can express it.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
 import re
@@ -47,7 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-from toolken_plus.jsonl import JsonlStats, read_json_or_jsonl, read_jsonl
+from toolken_plus.jsonl import JsonlStats, read_jsonl, read_records
 from toolken_plus.tasks.base import DataError, Example, ToolCall
 
 log = logging.getLogger(__name__)
@@ -381,6 +382,54 @@ def load_call_jsonl(path: str | os.PathLike[str], tool_names: Iterable[str], lim
 
 
 # ------------------------------------------------------------------ evaluation sets
+#
+# Evaluation files are read strictly: a row skipped or mis-read would change
+# the score without a word, so every bad row is a DataError naming the file,
+# the line (JSON Lines) and the record index (the N of the item's id), raised
+# before any model work.
+
+
+def _eval_records(path: Path, limit: int | None) -> list[tuple[str, int, dict]]:
+    """``(where, index, record)`` for the first ``limit`` records, ``where``
+    being ``"path:LINE: record N"`` (or ``"path: record N"`` in a JSON array)."""
+    records = read_records(path, strict=True)
+    if not records:
+        raise DataError(f"no questions in {path}")
+    located = []
+    for index, (line_no, record) in enumerate(records[:limit]):
+        where = f"{path}:{line_no}: record {index}" if line_no is not None else f"{path}: record {index}"
+        located.append((where, index, record))
+    return located
+
+
+def _shown(value: object) -> str:
+    """A field's value for an error message: its JSON type and value."""
+    return "null" if value is None else f"{type(value).__name__} {value!r}"
+
+
+def _string_field(where: str, record: dict, name: str) -> str:
+    value = record[name]
+    if not isinstance(value, str):
+        raise DataError(f"{where}: {name!r} must be a string, got {_shown(value)}")
+    return value
+
+
+def _number_field(where: str, record: dict, name: str) -> float:
+    """A finite JSON number (a label of NaN would match no answer; true is not 1)."""
+    value = record[name]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise DataError(f"{where}: {name!r} must be a number, got {_shown(value)}")
+    return float(value)
+
+
+def _list_field(where: str, record: dict, name: str) -> list:
+    """An optional list: missing or null is empty."""
+    value = record.get(name)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise DataError(f"{where}: {name!r} must be a list, got {_shown(value)}")
+    return value
 
 
 def _format_value(value: object) -> str:
@@ -390,14 +439,13 @@ def _format_value(value: object) -> str:
     return str(value)
 
 
-def _fill_placeholders(path: Path, index: int, record: dict) -> str:
-    """Replace ``{v_i}`` in the question by ``enhanced_v[i-1]``.
+def _fill_placeholders(where: str, question: str, enhanced: list, original: list) -> str:
+    """Replace ``{v_i}`` in the question by ``enhanced[i-1]`` (``enhanced_v``).
 
     A few rows have fewer enhanced values than placeholders because their
     values are words, not numbers (e.g. ``v = ["electric", "gas", ...]`` with
     ``enhanced_v = []``); those fall back to the original ``v[i-1]``.
     """
-    enhanced, original = record.get("enhanced_v") or [], record.get("v") or []
 
     def value(match: re.Match) -> str:
         i = int(match.group(1)) - 1
@@ -405,30 +453,33 @@ def _fill_placeholders(path: Path, index: int, record: dict) -> str:
             return _format_value(enhanced[i])
         if 0 <= i < len(original):
             return _format_value(original[i])
-        raise DataError(f"{path}: record {index}: placeholder {match.group()} has no value in 'enhanced_v' or 'v'")
+        raise DataError(f"{where}: placeholder {match.group()} has no value in 'enhanced_v' or 'v'")
 
-    return _PLACEHOLDER.sub(value, record["question"])
+    return _PLACEHOLDER.sub(value, question)
 
 
-def _require_fields(path: Path, index: int, record: dict, names: tuple[str, ...]) -> None:
+def _require_fields(where: str, record: dict, names: tuple[str, ...]) -> None:
     missing = [n for n in names if n not in record]
     if missing:
-        raise DataError(f"{path}: record {index}: missing field(s) {', '.join(missing)}")
+        raise DataError(f"{where}: missing field(s) {', '.join(missing)}")
 
 
 def load_gsm8k_xl_test(path: str | os.PathLike[str], limit: int | None = None) -> list[dict]:
-    """GSM8K-XL test questions: ``{"id", "question", "label"}`` with ``{v_i}`` filled."""
+    """GSM8K-XL test questions: ``{"id", "question", "label"}`` with ``{v_i}`` filled.
+
+    Raises :class:`DataError` for a file without questions and for any bad row
+    (see the note above: evaluation data is never skipped)."""
     path = Path(path)
     items = []
-    for index, record in enumerate(read_json_or_jsonl(path)[:limit]):
-        _require_fields(path, index, record, ("question", "enhanced_result"))
-        question = _fill_placeholders(path, index, record)
-        items.append({"id": f"gsm8k-xl-test-{index}", "question": question, "label": float(record["enhanced_result"]),
-                      "reference_tools": reference_tools(record.get("enhanced_process") or record.get("reasoning_process") or [])})
+    for where, index, record in _eval_records(path, limit):
+        _require_fields(where, record, ("question", "enhanced_result"))
+        question = _string_field(where, record, "question")
+        label = _number_field(where, record, "enhanced_result")
+        values = _list_field(where, record, "enhanced_v"), _list_field(where, record, "v")
+        process = _list_field(where, record, "enhanced_process") or _list_field(where, record, "reasoning_process")
+        items.append({"id": f"gsm8k-xl-test-{index}", "question": _fill_placeholders(where, question, *values),
+                      "label": label, "reference_tools": reference_tools(process)})
     return items
-
-
-_OPERATOR_TOOL = {"+": "add", "-": "subtract", "*": "multiply", "/": "divide"}
 
 
 def reference_tools(process: list[str]) -> list[str]:
@@ -449,35 +500,48 @@ def reference_tools(process: list[str]) -> list[str]:
     return tools
 
 
-def _parse_tecton_call(path: Path, index: int, calc: str) -> tuple[str, tuple, str]:
+def _parse_tecton_call(where: str, calc: object) -> tuple[str, tuple, str]:
     """``"<multiply>(3, 3)=9"`` -> ``("multiply", (3, 3), "9")``."""
-    match = _TECTON_CALL.fullmatch(calc.strip())
+    match = _TECTON_CALL.fullmatch(calc.strip()) if isinstance(calc, str) else None
     if not match:
-        raise DataError(f"{path}: record {index}: calculation {calc!r} is not of the form <tool>(a, b)=result")
+        raise DataError(f"{where}: calculation {calc!r} is not of the form <tool>(a, b)=result")
     tool, arg_text, result = match.groups()
     if tool not in TOOLS:
-        raise DataError(f"{path}: record {index}: unknown tool {tool!r}; known tools: {', '.join(TOOLS)}")
+        raise DataError(f"{where}: unknown tool {tool!r}; known tools: {', '.join(TOOLS)}")
     try:
         args = tuple(_to_number(a.strip()) for a in arg_text.split(","))
     except ValueError as err:
-        raise DataError(f"{path}: record {index}: bad argument in {calc!r}") from err
+        raise DataError(f"{where}: bad argument in {calc!r}") from err
     return tool, args, result.strip()
+
+
+def _tecton_label(where: str, answer: object) -> float:
+    """TECTON writes answers as strings ("11", "1,000"); plain numbers are fine too."""
+    if isinstance(answer, str):
+        try:
+            label = float(answer.replace(",", ""))
+        except ValueError:
+            label = math.nan
+        if math.isfinite(label):
+            return label
+    elif isinstance(answer, (int, float)) and not isinstance(answer, bool) and math.isfinite(answer):
+        return float(answer)
+    raise DataError(f"{where}: answer {answer!r} is not a number")
 
 
 def load_tecton_val(path: str | os.PathLike[str], limit: int | None = None) -> list[dict]:
     """TECTON's GSM8K-XL validation questions with their gold calculator calls.
 
     Returns ``{"id", "question", "label": float(answer), "calls": [(tool, args,
-    result), ...]}``; an unknown tool name raises :class:`DataError`.
+    result), ...]}``; an unknown tool name, any other bad row, or a file
+    without questions raises :class:`DataError`.
     """
     path = Path(path)
     items = []
-    for index, record in enumerate(read_json_or_jsonl(path)[:limit]):
-        _require_fields(path, index, record, ("question", "answer"))
-        try:
-            label = float(str(record["answer"]).replace(",", ""))
-        except ValueError as err:
-            raise DataError(f"{path}: record {index}: answer {record['answer']!r} is not a number") from err
-        calls = [_parse_tecton_call(path, index, c) for c in record.get("calculation", [])]
-        items.append({"id": f"tecton-val-{index}", "question": record["question"], "label": label, "calls": calls})
+    for where, index, record in _eval_records(path, limit):
+        _require_fields(where, record, ("question", "answer"))
+        question = _string_field(where, record, "question")
+        label = _tecton_label(where, record["answer"])
+        calls = [_parse_tecton_call(where, c) for c in _list_field(where, record, "calculation")]
+        items.append({"id": f"tecton-val-{index}", "question": question, "label": label, "calls": calls})
     return items

@@ -18,7 +18,7 @@ the awareness test is the held-out 260 positives + 260 negatives.
 from __future__ import annotations
 
 import csv
-import json
+import io
 import random
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from ..encoding import IGNORE, VOCAB, Encoded
+from ..jsonl import find_lone_surrogate, lone_surrogate_reason, read_json, read_json_or_jsonl, read_utf8
 from .base import DataError
 
 PROMPT_PREFIX = (
@@ -65,35 +66,59 @@ def load_tool_docs(path: str | Path) -> dict[str, str]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"MetaTool tool docs not found: {path}")
-    raw = json.loads(path.read_text())
+    raw = read_json(path)
     if not isinstance(raw, dict):
         raise DataError(f"{path}: expected a JSON object {{tool name: description}}")
+    where = find_lone_surrogate(raw)
+    if where is not None:  # the docs are tokenized (reranker), so reject them here
+        raise DataError(f"{path}: {lone_surrogate_reason(where)}")
     return {str(k): " ".join(str(v).split()) for k, v in raw.items()}
 
 
-def _tool_or_none(value: str | None) -> str | None:
-    v = (value or "").strip()
-    return None if v in ("", "None", "none", "null") else v
+NO_TOOL = "None"  # the only spelling of "no tool needed" in a query CSV
+
+
+def _tool_or_none(where: str, value: str | None) -> str | None:
+    """The Tool cell: a tool name, or None for the literal `None`.
+
+    An empty or missing cell is an error, not "no tool": relabelling a query
+    whose tool was lost would teach and score the wrong answer without a word.
+    """
+    tool = (value or "").strip()
+    if not tool:
+        raise DataError(f"{where}: {'empty' if value is not None else 'no'} Tool cell "
+                        f"(write {NO_TOOL} when the query needs no tool)")
+    return None if tool == NO_TOOL else tool
 
 
 def load_queries_csv(path: str | Path, known_tools, *, prefix: str = "q") -> list[ChoiceExample]:
-    """A CSV with columns `Query,Tool` (Tool may be `None`: no tool needed)."""
+    """A CSV with columns `Query,Tool` (Tool may be `None`: no tool needed).
+
+    Ids are ``{prefix}-{row number + 1}`` (stable; the header is row 1); error
+    messages name the file line the row starts on, which differs once a
+    quoted query spans several lines.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"query file not found: {path}")
     known = set(known_tools)
+    # Whole-file decode: a bad byte is reported with its line, not as a bare UnicodeDecodeError.
+    reader = csv.DictReader(io.StringIO(read_utf8(path), newline=""))
+    if not reader.fieldnames or not {"Query", "Tool"} <= set(reader.fieldnames):
+        raise DataError(f"{path}: expected a header with columns Query,Tool (got {reader.fieldnames})")
     out = []
-    with path.open(newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        if not reader.fieldnames or not {"Query", "Tool"} <= set(reader.fieldnames):
-            raise DataError(f"{path}: expected a header with columns Query,Tool (got {reader.fieldnames})")
-        for line, row in enumerate(reader, start=2):
-            query, tool = (row.get("Query") or "").strip(), _tool_or_none(row.get("Tool"))
-            if not query:
-                raise DataError(f"{path}:{line}: empty Query")
-            if tool is not None and tool not in known:
-                raise DataError(f"{path}:{line}: unknown tool {tool!r} (not in the tool docs)")
-            out.append(ChoiceExample(f"{prefix}-{line}", query, tool))
+    first_line = reader.line_num + 1  # of the next row: csv counts the lines quoted values span
+    for row_no, row in enumerate(reader, start=2):
+        where = f"{path}:{first_line}"
+        first_line = reader.line_num + 1
+        query, tool = (row.get("Query") or "").strip(), _tool_or_none(where, row.get("Tool"))
+        if not query:
+            raise DataError(f"{where}: empty Query")
+        if tool is not None and tool not in known:
+            raise DataError(f"{where}: unknown tool {tool!r} (not in the tool docs; {NO_TOOL} means no tool)")
+        out.append(ChoiceExample(f"{prefix}-{row_no}", query, tool))
+    if not out:
+        raise DataError(f"no questions in {path}")
     return out
 
 
@@ -104,9 +129,9 @@ def load_awareness(path: str | Path, known_tools) -> list[ChoiceExample]:
         raise FileNotFoundError(f"awareness file not found: {path}")
     known = set(known_tools)
     out = []
-    for i, rec in enumerate(json.loads(path.read_text())):
+    for i, rec in enumerate(read_json_or_jsonl(path, strict=True)):
         label = rec.get("label")
-        if label not in ("positive", "negative") or not rec.get("query"):
+        if label not in ("positive", "negative") or not isinstance(rec.get("query"), str) or not rec["query"]:
             raise DataError(f"{path}: record {i} needs a query and label positive|negative")
         tool = rec.get("tool") if label == "positive" else None
         if label == "positive" and tool not in known:
