@@ -136,3 +136,82 @@ def test_call_example_runs_the_tool_and_records_the_span():
         call_example('x <<c_to_f("hot")>>', [c_to_f])
     with pytest.raises(ValueError, match="no <<tool"):
         call_example("no calls", [c_to_f])
+
+
+# --- every way a tool is made is checked (name and documentation) -----------
+
+
+def _fn(x: float) -> str:
+    return str(x)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: Tool("a<b>", _fn, "doc"), r"bad tool name 'a<b>' \(from test_registry\._fn"),
+    (lambda: Tool("my tool", _fn, "doc"), "bad tool name 'my tool'"),
+    (lambda: Tool("", _fn, "doc"), "bad tool name ''"),
+    (lambda: Tool(None, _fn, "doc"), "bad tool name None"),
+    (lambda: Tool("fine", _fn, ""), r"tool 'fine' \(test_registry\._fn\) has no documentation"),
+    (lambda: Tool("fine", _fn, "  \n"), "has no documentation"),
+    (lambda: Tool("fine", _fn, None), "has no documentation"),
+    (lambda: Tool("fine", 42, "doc"), "fn must be callable"),
+    (lambda: Tool("planner", None, ""), r"tool 'planner' \(documentation-only tool\) has no documentation"),
+    (lambda: Tool("x", _fn, "", source="some-dist (entry point x = m:x)"), r"some-dist \(entry point x = m:x\)"),
+    (lambda: tool(_fn, name="a(b)"), "bad tool name 'a\\(b\\)'"),
+    (lambda: tool(_fn, doc=""), "tool '_fn' .* has no documentation"),
+    (lambda: tool.doc_only("has space", "Plans trips."), "bad tool name 'has space'"),
+])
+def test_tools_made_directly_are_checked_too(make, message):
+    with pytest.raises(ToolDefinitionError, match=message):
+        make()
+
+
+def test_replace_and_packs_go_through_the_same_checks():
+    from dataclasses import replace
+
+    good = Tool("echo", _fn, "Echoes a number.")
+    assert replace(good, source="x").source == "x"
+    with pytest.raises(ToolDefinitionError, match="bad tool name 'e cho'"):
+        replace(good, name="e cho")
+    with pytest.raises(ToolDefinitionError, match="'echo' .* has no documentation"):
+        replace(good, doc="")
+    # a pack's loader making an undocumented tool fails where the pack loads
+    # (discovery reports it as that plugin's problem and loads the others)
+    pack = ToolPack("p", lambda root: [good, Tool("blank", _fn, "")])
+    with pytest.raises(ToolDefinitionError, match="'blank'"):
+        tools_of(pack, None, "m:PACK")
+
+
+def test_a_plugin_pack_with_a_bad_tool_is_reported_not_registered(tmp_path, monkeypatch):
+    import sys
+    import textwrap
+
+    module = textwrap.dedent('''
+        from toolken_plus import Tool, ToolPack
+
+        def f(x: float) -> str:
+            return str(x)
+
+        PACK = ToolPack("bad", lambda root: [Tool("ok_one", f, "Fine."), Tool("my tool", f, "Spaces.")])
+        EMPTY = ToolPack("empty", lambda root: [Tool("undocumented_one", f, "")])
+    ''')
+    info = tmp_path / "badpack_tools-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: badpack-tools\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[toolken_plus.tools]\nbadname = badpack_mod:PACK\nnodoc = badpack_mod:EMPTY\n")
+    (tmp_path / "badpack_mod.py").write_text(module)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        reg = discover_tools()
+    finally:
+        sys.modules.pop("badpack_mod", None)
+    problems = {p.origin.plugin: str(p) for p in reg.problems}
+    assert "bad tool name 'my tool'" in problems["badname"]
+    assert "'undocumented_one'" in problems["nodoc"] and "no documentation" in problems["nodoc"]
+    assert not {"ok_one", "my tool", "undocumented_one"} & set(reg.names)
+
+
+def test_calculator_tools_build_with_and_without_data(data_root):
+    from toolken_plus_tools import calculator
+
+    assert [t.name for t in calculator.tools(None)] == ["add", "subtract", "multiply", "divide"]
+    assert all(t.doc for t in calculator.tools(data_root))

@@ -15,7 +15,9 @@ from toolken_plus.toolcall import (
     ToolOutcome,
     call_with_timeout,
     coerce_arguments,
+    format_result,
     parse_arguments,
+    run_and_format,
 )
 
 
@@ -218,3 +220,54 @@ def test_call_base_exception_is_contained():
 
     out = call_with_timeout(leave, [])
     assert not out.ok and out.error == "SystemExit: 3"
+
+
+# --- formatting results ------------------------------------------------------
+
+
+class _BadStr:
+    def __str__(self):
+        raise RuntimeError("no text for you")
+
+
+class _SneakyStr(str):
+    def __str__(self):
+        return self
+
+    def __len__(self):
+        return 1
+
+
+def test_format_result_caps_and_records_the_cut():
+    assert format_result(1975, 300) == ("1975", None)
+    assert format_result("x" * 300, 300) == ("x" * 300, None)
+    text, cut = format_result("7" * 100_000, 300)
+    assert text == "7" * 300 and cut == 100_000
+    assert format_result(_SneakyStr("abcdef"), 3) == ("abc", 6)  # a str subclass's own len() is not trusted
+    assert format_result("a\ud800b", 10) == ("a?b", None)  # a lone surrogate would make the tokenizer raise
+
+
+@pytest.mark.parametrize("value, error", [
+    (10 ** 5000, ValueError),  # int -> str conversion stops above 4300 digits
+    (_BadStr(), RuntimeError),
+    (math.nan, ValueError),
+], ids=["huge-int", "bad-str", "nan"])  # (pytest itself cannot str() the huge int for an id)
+def test_format_result_raises_for_results_without_text(value, error):
+    with pytest.raises(error):
+        format_result(value, 300)
+
+
+@pytest.mark.parametrize("fn, error", [
+    (lambda: 10 ** 5000, "result cannot be written as text: ValueError: Exceeds the limit"),
+    (lambda: _BadStr(), "result cannot be written as text: RuntimeError: no text for you"),
+    (lambda: 1 / 0, "ZeroDivisionError: division by zero"),
+    (lambda: exit(4), "SystemExit: 4"),
+])
+def test_run_and_format_turns_every_failure_into_an_outcome(fn, error):
+    out = run_and_format(fn, [], 300)
+    assert not out.ok and out.error.startswith(error)
+
+
+def test_run_and_format_ok():
+    out = run_and_format(lambda a: "y" * a, [1000], 10)
+    assert out.ok and (out.value, out.truncated_from) == ("y" * 10, 1000)

@@ -19,12 +19,20 @@ calling a tool again in the same question extends that tool's kept context by
 the new text only; a short tool result is fed through the next batched decode
 steps instead of a prefill of its own; when a question finishes its row is
 refilled with the next question (continuous batching).
+
+Robustness: a tool runs in a thread, or for third-party plugins in a worker
+process that can be killed (isolation.py); its result is cut to
+`max_result_chars` where it ran, before it reaches the tokenizer. A question
+that does not fit the model's context is cut (or skipped) and that is noted in
+its result; a row whose context fills up while decoding stops ("context"); an
+exception while starting or handling one row finishes that row only
+("error: ...").
 """
 
 from __future__ import annotations
 
 import logging
-import time
+from collections import Counter
 from dataclasses import dataclass, field
 
 import torch
@@ -33,11 +41,12 @@ from tqdm.auto import tqdm
 from .answers import extract_answer
 from .backbone import Backbone, cache_layers, times_transposed
 from .head import ToolkenHead
+from .isolation import make_runners
 from .kv import empty_row, prefill_by_length, row_segments, shared_prefix, write_segments
 from .prompts import FewShotPrompt
 from .registry import Tool
 from .shared_prefix import Prefix, SharedPrefix, share_prefixes
-from .toolcall import ToolArgumentError, call_with_timeout, coerce_arguments, parse_arguments
+from .toolcall import ToolArgumentError, coerce_arguments, exception_text, parse_arguments
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +60,17 @@ class AgentConfig:
     max_arg_tokens: int = 32  # tool-mode tokens before giving up on a call
     max_calls: int = 10  # tool calls per question
     tool_timeout: float = 2.0  # seconds per tool call
+    # A result is cut to this many characters where the tool ran, before it
+    # is tokenized. GSM8K results are numbers of at most ~20 characters; 300
+    # leaves room for a short text result (a weather line, a few numbers)
+    # while a runaway result adds at most ~300 tokens (SmolLM2 writes one
+    # token per digit) to a context of a few thousand, instead of megabytes.
+    max_result_chars: int = 300
+    # Where tools run (isolation.py): "auto" = a worker process for tools of
+    # third-party plugins, a thread for built-in tools and tools given in
+    # code; "thread" or "process" for all.
+    isolation: str = "auto"
+    tool_memory_mb: int | None = 1024  # address-space limit of a tool worker process (None: no limit)
     progress: bool = True
 
 
@@ -63,6 +83,7 @@ class ToolCallRecord:
     error: str | None = None
     at_char: int = 0  # where the result sits in AgentResult.generation
     seconds: float = 0.0
+    truncated_from: int | None = None  # the result's full length in characters, if it was cut to max_result_chars
 
 
 @dataclass
@@ -75,6 +96,7 @@ class AgentResult:
     finish_reason: str = ""
     new_tokens: int = 0
     reranks: list[dict] = field(default_factory=list)  # stage-2 decisions (empty with reranker=none)
+    notes: list[str] = field(default_factory=list)  # what was changed to run it (e.g. the question was cut)
 
 
 class _Row:
@@ -82,7 +104,11 @@ class _Row:
 
     def __init__(self, index: int, question: str):
         self.index = index
-        self.question = question
+        self.question = question  # as given: what the result reports
+        self.prompt_question = question  # as written into prompts: cut if the context cannot hold it
+        self.start_ids: list[int] = []  # the tokens of the question part of the reasoning prompt
+        self.notes: list[str] = []
+        self.question_cut = False
         self.mode = "reason"
         self.reason_text = ""  # committed reasoning text (calls as results)
         self.trace_text = ""  # committed text with calls as <tool>(args)=result
@@ -216,18 +242,26 @@ class _BatchCache:
 class Agent:
     """Answers questions with a frozen backbone, its toolkens and real tools.
 
-    >>> agent = Agent(backbone, head, tools, prompt)
-    >>> result = agent.run("Janet has 4096 eggs ...")
+    >>> with Agent(backbone, head, tools, prompt) as agent:
+    ...     result = agent.run("Janet has 4096 eggs ...")
     >>> result.answer, [(c.tool, c.args, c.result) for c in result.calls]
+
+    Closing the agent ends its tool worker processes (an exit handler does it
+    for agents never closed). `data_root` is handed to a plugin's tool pack
+    when a worker process loads it.
     """
 
     # A tool result of at most this many tokens is fed through the batched
     # decode steps rather than prefilled (batch > 1 only: at batch 1 a step
     # per token costs more than one small prefill).
     MAX_FORCED = 8
+    # Tokens a question's budget keeps free for tool results written into
+    # the reasoning beyond max_new_tokens (results are counted there, not in
+    # new_tokens); a row that still runs out stops with "context".
+    RESULT_ROOM = 64
 
     def __init__(self, backbone: Backbone, head: ToolkenHead | None, tools: dict[str, Tool], prompt: FewShotPrompt,
-                 config: AgentConfig | None = None, reranker=None):
+                 config: AgentConfig | None = None, reranker=None, *, data_root=None):
         self.backbone = backbone
         self.head = head
         self.cfg = config or AgentConfig()
@@ -243,6 +277,23 @@ class Agent:
         self.tok = backbone.tokenizer
         self.eos = self.tok.eos_token_id
         self._prefix_cache: dict[str, Prefix | None] = {}
+        # Positions the model was trained for (None: no known limit); every
+        # context a row decodes in stays below it.
+        self.max_context: int | None = getattr(backbone.model.config, "max_position_embeddings", None)
+        self._runners = make_runners(tools, self.cfg.isolation, timeout=self.cfg.tool_timeout,
+                                     max_chars=self.cfg.max_result_chars, memory_mb=self.cfg.tool_memory_mb,
+                                     data_root=data_root)
+
+    def close(self) -> None:
+        """End the tool worker processes (started again if the agent runs on)."""
+        for runner in self._runners.values():
+            runner.close()
+
+    def __enter__(self) -> "Agent":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     # ------------------------------------------------------------ helpers
     @property
@@ -267,48 +318,124 @@ class Agent:
     def _prefill_many(self, jobs: list[tuple]) -> list[tuple]:
         return prefill_by_length(self.backbone, jobs)
 
-    def _switch(self, requests: list[tuple], rows: list, batch: _BatchCache) -> list[int]:
+    def _fits(self, n: int) -> bool:
+        """Whether a context of n tokens fits the model (with the limit, n == limit does not)."""
+        return self.max_context is None or n <= self.max_context
+
+    def _reserved(self) -> int:
+        """Tokens a row may need besides its question: the longest prompt
+        prefix it can decode under (the reasoning prompt's, or a tool's demos
+        with room for the call's arguments), max_new_tokens and RESULT_ROOM.
+        An estimate: a row that still runs out of context fails that call
+        ("no room for tool mode") or stops ("context")."""
+        longest = len(self._encode(self.prompt.prefix))
+        if self.head is not None and self.cfg.use_tools:
+            for t in (self.tools[n] for n in self.head.tool_names):
+                demos = (t.demo_prompt or self.prompt).prefix + f"{t.display}("
+                longest = max(longest, len(self._encode(demos)) + self.cfg.max_arg_tokens)
+        return longest + self.cfg.max_new_tokens + self.RESULT_ROOM
+
+    def _prepare(self, row: _Row, reserved: int) -> None:
+        """Tokenize the row's question part of the reasoning prompt. A question
+        that leaves less than `reserved` tokens of the model's context is cut,
+        keeping its end: a word problem asks its question last, and without
+        it there is nothing to answer, while a lost beginning costs at most
+        some of the numbers. If no question fits at all the row is skipped
+        (its finish_reason says why)."""
+        if not isinstance(row.question, str):
+            raise TypeError(f"a question must be text, not {type(row.question).__name__}")
+        row.question.encode("utf-8")  # a lone surrogate ('\ud800') raises here, with a clear message
+        row.start_ids = self._encode(self.prompt.question_part(row.question))
+        if self._fits(reserved + len(row.start_ids)):
+            return
+        room = self.max_context - reserved - len(self._encode(self.prompt.question_part("")))
+        ids = self._encode(row.question.strip())
+        kept = ids[-room:] if room > 0 else []
+        while kept:
+            row.prompt_question = self.tok.decode(kept)
+            row.start_ids = self._encode(self.prompt.question_part(row.prompt_question))
+            excess = reserved + len(row.start_ids) - self.max_context
+            if excess <= 0:
+                row.question_cut = True
+                row.notes.append(f"question cut to its last {len(kept)} of {len(ids)} tokens: with the prompt, "
+                                 f"max_new_tokens={self.cfg.max_new_tokens} and room for tool calls it must fit "
+                                 f"the model's context of {self.max_context} tokens")
+                return
+            kept = kept[excess:]  # decoding and re-encoding may merge or split tokens at the cut
+        row.finish_reason = (f"skipped: the prompts and max_new_tokens={self.cfg.max_new_tokens} leave no room for "
+                             f"the question in the model's context of {self.max_context} tokens")
+
+    def _switch(self, requests: list[tuple], rows: list, batch: _BatchCache) -> tuple[list[int], list[int]]:
         """Carry out context switches, prefilling them together (grouped by length).
 
         requests: (slot, "start" | "enter" | "leave", tool or result text).
-        Returns the slots whose rows now need a decision on their new state."""
-        jobs, owners = [], []
+        Returns the slots whose rows now need a decision on their new state,
+        and the slots whose rows had to stop (their finish_reason says why:
+        an error, or no room in the context for the result)."""
+        jobs, owners, stopped = [], [], []
         for slot, kind, what in requests:
-            row = rows[slot]
-            if kind == "start":
-                jobs.append((None, 0, self._encode(self.prompt.question_part(row.question)), self._prefix("reason", self.prompt.prefix)))
-            elif kind == "enter":
-                row.commit()
-                row.saved = (*batch.get_row(slot), batch.prefixes[slot], row.hidden)
-                if what.name in row.tool_kv:  # called before: extend that context by the text since
-                    layers, n, covered = row.tool_kv[what.name]
-                    text = row.trace_text[covered:]
-                else:
-                    layers, n = None, 0
-                    text = (what.demo_prompt or self.prompt).question_part(row.question) + row.trace_text
-                jobs.append((layers, n, self._encode(text + f"{what.display}("), self._tool_prefix(what)))
-                row.mode, row.tool, row.arg_ids = "tool", what, []
-            else:  # leave tool mode, with the result text (or None after a failure)
-                if row.keep_tool_kv:
-                    # trace_text now ends with `name(args)=result`; the KV ends at `)`
-                    row.tool_kv[row.tool.name] = (*batch.get_row(slot), len(row.trace_text) - len(what) - 1)
-                    row.keep_tool_kv = False
-                layers, n, prefix, hidden = row.saved
-                row.saved, row.mode, row.tool = None, "reason", None
-                ids = self._encode(what) if what else []
-                if not ids or (batch.batch > 1 and len(ids) <= self.MAX_FORCED):
-                    # A short result rides along in the next decode steps, one
-                    # token each, instead of a prefill forward of its own.
-                    batch.set_row(slot, layers, n, prefix)
-                    row.hidden, row.forced = hidden, ids
-                    continue
-                jobs.append((layers, n, ids, prefix))
-            owners.append(slot)
+            row, job = rows[slot], None
+            try:
+                job = self._switch_job(row, slot, kind, what, batch)
+            except Exception as exc:  # this row's text or result: the other rows go on
+                row.finish_reason = f"error: {exception_text(exc)}"
+            if row.finish_reason:
+                stopped.append(slot)
+            elif job is not None:
+                jobs.append(job)
+                owners.append(slot)
         if jobs:
             for slot, job, (layers, n, hidden) in zip(owners, jobs, self._prefill_many(jobs)):
                 batch.set_row(slot, layers, n, job[3])
                 rows[slot].hidden = hidden
-        return [slot for slot, _, _ in requests]
+        return [slot for slot, _, _ in requests], stopped
+
+    def _switch_job(self, row: _Row, slot: int, kind: str, what, batch: _BatchCache) -> tuple | None:
+        """The prefill job of one switch, or None when it needs none."""
+        if kind == "start":
+            return None, 0, row.start_ids, self._prefix("reason", self.prompt.prefix)
+        if kind == "enter":
+            return self._enter_job(row, slot, what, batch)
+        # leave tool mode, with the result text (or None after a failure)
+        if row.keep_tool_kv:
+            # trace_text now ends with `name(args)=result`; the KV ends at `)`
+            row.tool_kv[row.tool.name] = (*batch.get_row(slot), len(row.trace_text) - len(what) - 1)
+            row.keep_tool_kv = False
+        layers, n, prefix, hidden = row.saved
+        row.saved, row.mode, row.tool = None, "reason", None
+        ids = self._encode(what) if what else []
+        if not self._fits((prefix.n if prefix is not None else 0) + n + len(ids) + 1):
+            row.finish_reason = "context"  # no room for the result and a token after it
+            return None
+        if not ids or (batch.batch > 1 and len(ids) <= self.MAX_FORCED):
+            # A short result rides along in the next decode steps, one
+            # token each, instead of a prefill forward of its own.
+            batch.set_row(slot, layers, n, prefix)
+            row.hidden, row.forced = hidden, ids
+            return None
+        return layers, n, ids, prefix
+
+    def _enter_job(self, row: _Row, slot: int, tool: Tool, batch: _BatchCache) -> tuple | None:
+        """Switch the row to `tool`'s tool mode; if that context would not fit
+        the model with room for the arguments, the call fails instead (the
+        row goes on reasoning, as after any failed call)."""
+        row.commit()
+        if tool.name in row.tool_kv:  # called before: extend that context by the text since
+            layers, n, covered = row.tool_kv[tool.name]
+            text = row.trace_text[covered:]
+        else:
+            layers, n = None, 0
+            text = (tool.demo_prompt or self.prompt).question_part(row.prompt_question) + row.trace_text
+        ids = self._encode(text + f"{tool.display}(")
+        prefix = self._tool_prefix(tool)
+        if not self._fits((prefix.n if prefix is not None else 0) + n + len(ids) + self.cfg.max_arg_tokens):
+            row.calls.append(ToolCallRecord(tool.name, "", at_char=len(row.reason_text),
+                                            error=f"no room for tool mode in the model's context of {self.max_context} tokens"))
+            row.reject_next = True
+            return None
+        row.saved = (*batch.get_row(slot), batch.prefixes[slot], row.hidden)
+        row.mode, row.tool, row.arg_ids = "tool", tool, []
+        return layers, n, ids, prefix
 
     def _run_tool(self, row: _Row, args_text: str) -> ToolCallRecord:
         rec = ToolCallRecord(tool=row.tool.name, args_text=args_text, at_char=len(row.reason_text))
@@ -321,10 +448,12 @@ class Agent:
         if row.tool.fn is None:
             rec.error = "documentation-only tool: nothing to execute"
             return rec
-        outcome = call_with_timeout(row.tool.fn, args, timeout=self.cfg.tool_timeout)
+        # The runner formats and caps the result where the tool ran, and
+        # turns every failure (also of str(result)) into an error outcome.
+        outcome = self._runners[row.tool.name].call(args)
         rec.seconds = outcome.seconds
         if outcome.ok:
-            rec.result = str(outcome.value)
+            rec.result, rec.truncated_from = outcome.value, outcome.truncated_from
         else:
             rec.error = outcome.error
         return rec
@@ -358,7 +487,7 @@ class Agent:
         for j, slot in triggered:
             row = rows[slot]
             layers, n = batch.get_row(slot) if self.reranker.name == "llm" else (None, 0)
-            queries.append(RerankQuery(tools[j] - self.bias, text=row.question + "\n" + row.generation(), layers=layers, n=n,
+            queries.append(RerankQuery(tools[j] - self.bias, text=row.prompt_question + "\n" + row.generation(), layers=layers, n=n,
                                        prefix=batch.prefixes[slot]))
         out = []
         for (_, slot), dec in zip(triggered, self.reranker.decide(queries)):
@@ -424,7 +553,10 @@ class Agent:
         return self.run_batch([question])[0]
 
     @torch.no_grad()
-    def run_batch(self, questions: list[str], progress: bool | None = None) -> list[AgentResult]:
+    def run_batch(self, questions: list[str], progress: bool | None = None, on_result=None) -> list[AgentResult]:
+        """Answer `questions`; the results are in their order. `on_result(index,
+        result)` is called as soon as each question finishes (in finishing
+        order), e.g. to write it out before the run ends."""
         results: list[AgentResult | None] = [None] * len(questions)
         queue = list(range(len(questions)))[::-1]
         width = max(1, min(self.cfg.batch_size, len(questions)))
@@ -432,24 +564,67 @@ class Agent:
         rows: list[_Row | None] = [None] * width
         show = self.cfg.progress if progress is None else progress
         bar = tqdm(total=len(questions), desc="agent", unit="q", disable=not show)
+        issues: Counter = Counter()  # rows cut, skipped, stopped by the context, failed
+        reserved = self._reserved() if self.max_context is not None else 0
 
         def next_question(slot: int) -> list[tuple]:
+            """Put the next question that can start into `slot` (its start
+            request); one that cannot (skipped, an error) is finished at once."""
             rows[slot] = None
-            if not queue:
-                batch.release(slot)
-                return []
-            i = queue.pop()
-            rows[slot] = _Row(i, questions[i])
-            return [(slot, "start", None)]
+            while queue:
+                i = queue.pop()
+                row = _Row(i, questions[i])
+                try:
+                    self._prepare(row, reserved)
+                except Exception as exc:  # e.g. not text: this question fails, the others go on
+                    row.finish_reason = f"error: {exception_text(exc)}"
+                if not row.finish_reason:
+                    rows[slot] = row
+                    return [(slot, "start", None)]
+                finish(row)
+            batch.release(slot)
+            return []
 
         def finish(row: _Row) -> None:
             row.commit()
-            results[row.index] = AgentResult(row.question, row.reason_text, row.trace_text, row.calls,
-                                              extract_answer(row.reason_text), row.finish_reason, row.new_tokens,
-                                              row.reranks)
+            result = AgentResult(row.question, row.reason_text, row.trace_text, row.calls,
+                                 extract_answer(row.reason_text), row.finish_reason, row.new_tokens,
+                                 row.reranks, row.notes)
+            results[row.index] = result
+            issues[row.finish_reason.split(":")[0]] += 1
+            issues["cut"] += row.question_cut
+            if row.finish_reason.startswith("error"):
+                log.warning("question %d failed: %s", row.index, row.finish_reason)
             bar.update(1)
+            if on_result is not None:
+                on_result(row.index, result)
 
-        undecided = self._switch([r for slot in range(width) for r in next_question(slot)], rows, batch)
+        def end(slot: int, reason: str) -> list[tuple]:
+            """Finish the row in `slot` now and start the next question there."""
+            rows[slot].finish_reason = reason
+            finish(rows[slot])
+            return next_question(slot)
+
+        def guarded(slot: int, action) -> list[tuple]:
+            """The requests `action()` makes for the row in `slot`. An
+            exception ends that row only; a row that finished is replaced."""
+            try:
+                requests = action()
+            except Exception as exc:
+                return end(slot, f"error: {exception_text(exc)}")
+            return end(slot, rows[slot].finish_reason) if rows[slot].finish_reason else requests
+
+        def switch(requests: list[tuple]) -> list[int]:
+            """Carry out the switches; rows they had to stop are finished and
+            their slots refilled. Returns the slots that need a decision."""
+            undecided = []
+            while requests:
+                switched, stopped = self._switch(requests, rows, batch)
+                undecided += [s for s in switched if s not in stopped]
+                requests = [r for slot in stopped for r in end(slot, rows[slot].finish_reason)]
+            return undecided
+
+        undecided = switch([r for slot in range(width) for r in next_question(slot)])
         tokens = torch.full((width,), self.tok.pad_token_id, dtype=torch.long)
         while any(r is not None for r in rows):
             # 1. Every row picks its next token; rows that switch context are
@@ -467,31 +642,15 @@ class Agent:
                 vocab, tools = self._logits(torch.stack([rows[s].hidden for s in live]))
                 requests, triggered = [], []
                 for j, slot in enumerate(live):
-                    row = rows[slot]
-                    if row.mode == "tool":
-                        tokens[slot] = self.tool_mode_token(row, vocab[j])
-                        continue
-                    tool = self.choose_tool(row, vocab[j], None if tools is None else tools[j])
-                    if tool is not None and self.reranker is None:
-                        requests.append((slot, "enter", tool))
-                        continue
-                    if tool is not None:  # stage 2 decides, for all triggered rows at once
-                        triggered.append((j, slot))
-                        continue
-                    tokens[slot] = int(vocab[j].argmax())
-                    if self._append_reason_token(row, int(tokens[slot])):
-                        finish(row)
-                        requests += next_question(slot)
+                    scores = None if tools is None else tools[j]
+                    requests += guarded(slot, lambda: self._decide(rows[slot], slot, vocab[j], scores, tokens, triggered, j))
                 for (j, slot), tool in zip(triggered, self._rerank(triggered, tools, rows, batch)):
                     if tool is not None:
                         requests.append((slot, "enter", tool))
                         continue
                     # Reject: the next token is the vocabulary's argmax (toolkens masked)
-                    tokens[slot] = int(vocab[j].argmax())
-                    if self._append_reason_token(rows[slot], int(tokens[slot])):
-                        finish(rows[slot])
-                        requests += next_question(slot)
-                undecided = self._switch(requests, rows, batch)
+                    requests += guarded(slot, lambda: self._reason_token(rows[slot], slot, vocab[j], tokens))
+                undecided = switch(requests)
             active = [s for s, r in enumerate(rows) if r is not None]
             if not active:
                 break
@@ -513,13 +672,57 @@ class Agent:
                     continue
                 row.hidden = hidden[slot]
                 if row.mode == "tool":
-                    result = self._after_tool_token(row, int(tokens[slot]))
-                    if result is not False:  # the call ran: back to reasoning, with its result
-                        requests.append((slot, "leave", result))
+                    requests += guarded(slot, lambda: self._tool_token(row, slot, int(tokens[slot])))
+            # 3. A row whose context reached the model's limit takes no more tokens.
+            for slot in self._full(batch, {slot for slot, _, _ in requests}):
+                requests += end(slot, "context")
+            switch(requests)
             undecided = [s for s, r in enumerate(rows) if r is not None]
-            self._switch(requests, rows, batch)
         bar.close()
+        self._warn(issues, len(questions))
         return results
+
+    def _decide(self, row: _Row, slot: int, vocab: torch.Tensor, tool_scores: torch.Tensor | None,
+                tokens: torch.Tensor, triggered: list, j: int) -> list[tuple]:
+        """One row's decision on its current state: its next token goes into
+        `tokens`, a toolken that wins gives an "enter" request or, with a
+        reranker, joins `triggered` (as (j, slot))."""
+        if row.mode == "tool":
+            tokens[slot] = self.tool_mode_token(row, vocab)
+            return []
+        tool = self.choose_tool(row, vocab, tool_scores)
+        if tool is not None and self.reranker is None:
+            return [(slot, "enter", tool)]
+        if tool is not None:  # stage 2 decides, for all triggered rows at once
+            triggered.append((j, slot))
+            return []
+        return self._reason_token(row, slot, vocab, tokens)
+
+    def _reason_token(self, row: _Row, slot: int, vocab: torch.Tensor, tokens: torch.Tensor) -> list[tuple]:
+        """The vocabulary's argmax is the row's next reasoning token (a row it
+        completes gets its finish_reason)."""
+        tokens[slot] = int(vocab.argmax())
+        self._append_reason_token(row, int(tokens[slot]))
+        return []
+
+    def _tool_token(self, row: _Row, slot: int, token: int) -> list[tuple]:
+        """A tool-mode token was fed; once the call has run, back to reasoning with its result."""
+        result = self._after_tool_token(row, token)
+        return [] if result is False else [(slot, "leave", result)]
+
+    def _full(self, batch: _BatchCache, switching: set[int]) -> list[int]:
+        """Rows (not about to switch context) with no position left for another token."""
+        if self.max_context is None:
+            return []
+        full = ((batch.offsets + batch.lengths) >= self.max_context).nonzero().flatten().tolist()
+        return [slot for slot in full if slot not in switching]
+
+    def _warn(self, issues: Counter, n: int) -> None:
+        parts = [f"{issues[k]} {what}" for k, what in (
+            ("cut", "cut to fit the model's context"), ("skipped", "skipped (no room in the context)"),
+            ("context", "stopped when their context was full"), ("error", "failed with an error")) if issues[k]]
+        if parts:
+            log.warning("of %d questions: %s (see each result's finish_reason and notes)", n, ", ".join(parts))
 
 
 def _closing_paren(text: str) -> int | None:

@@ -25,6 +25,7 @@ SETTINGS = ("toolkens", "no_tools")
 
 def agent_config(cfg: dict) -> AgentConfig:
     a = cfg.get("agent", {})
+    memory_mb = a.get("tool_memory_mb", AgentConfig.tool_memory_mb)
     return AgentConfig(
         use_tools=a.get("setting", "toolkens") != "no_tools",
         logit_bias=a.get("logit_bias"),
@@ -33,6 +34,9 @@ def agent_config(cfg: dict) -> AgentConfig:
         max_arg_tokens=int(a.get("max_arg_tokens", 32)),
         max_calls=int(a.get("max_calls", 10)),
         tool_timeout=float(a.get("tool_timeout", 2.0)),
+        max_result_chars=int(a.get("max_result_chars", AgentConfig.max_result_chars)),
+        isolation=str(a.get("isolation", "auto")),
+        tool_memory_mb=None if memory_mb is None else int(memory_mb),
         progress=bool(a.get("progress", True)),
     )
 
@@ -69,7 +73,9 @@ def build_agent(cfg, backbone: Backbone | None = None, *, tools: Iterable[Tool] 
         from .rerank import build_reranker
 
         reranker = build_reranker(rcfg, backbone, head, {n: t.doc for n, t in tools.items()})
-    return Agent(backbone, head, tools, prompt, agent_config(cfg), reranker=reranker)
+    # Tools of third-party plugins run in worker processes (agent.isolation,
+    # see isolation.py); a worker hands the data folder to a plugin's pack.
+    return Agent(backbone, head, tools, prompt, agent_config(cfg), reranker=reranker, data_root=root)
 
 
 def _as_prompt(prompt) -> FewShotPrompt:

@@ -54,6 +54,19 @@ class Tool:
     demo_prompt: FewShotPrompt | None = None
     source: str = ""  # where it was defined: a module, or "<distribution> (entry point <name>)"
 
+    def __post_init__(self):
+        """Checked here, so that every way a tool is made (@tool, a direct
+        `Tool(...)`, a ToolPack's loader, `dataclasses.replace`) is checked:
+        the name is written into prompts as `<name>(`, the documentation is
+        what a reranker reads and checkpoints hash."""
+        where = _origin_text(self.fn, self.source)
+        check_name(self.name, f" (from {where})")
+        if self.fn is not None and not callable(self.fn):
+            raise ToolDefinitionError(f"tool {self.name!r} ({where}): fn must be callable, or None for a "
+                                      f"documentation-only tool; got {type(self.fn).__name__}")
+        if not isinstance(self.doc, str) or not self.doc.strip():
+            raise ToolDefinitionError(f"tool {self.name!r} ({where}) has no documentation: add a docstring or pass doc=…")
+
     def __call__(self, *args, **kwargs):
         """A decorated function stays callable as before."""
         if self.fn is None:
@@ -157,19 +170,15 @@ def tool(fn: Callable | None = None, *, name: str | None = None, doc: str | None
             raise ToolDefinitionError(f"@tool needs a callable, got {type(f).__name__} {f!r}")
         tool_name = check_name(name or getattr(f, "__name__", ""), f" (from {_where(f)})")
         text = doc if doc is not None else inspect.getdoc(f)
-        if not text or not text.strip():
-            raise ToolDefinitionError(f"tool {tool_name!r} ({_where(f)}) has no documentation: add a docstring or pass doc=…")
-        return Tool(tool_name, f, text.strip(), demo_prompt(demos, tool_name), source=getattr(f, "__module__", "") or "")
+        text = text.strip() if isinstance(text, str) else text  # Tool checks that it is non-empty text
+        return Tool(tool_name, f, text, demo_prompt(demos, tool_name), source=getattr(f, "__module__", "") or "")
 
     return make(fn) if fn is not None else make
 
 
 def doc_only_tool(name: str, doc: str) -> Tool:
     """A tool that is selected but never executed (MetaTool-style evaluation)."""
-    check_name(name)
-    if not doc or not doc.strip():
-        raise ToolDefinitionError(f"doc-only tool {name!r} has no documentation")
-    return Tool(name, None, doc.strip())
+    return Tool(name, None, doc.strip() if isinstance(doc, str) else doc)  # Tool checks name and doc
 
 
 tool.doc_only = doc_only_tool
@@ -177,6 +186,15 @@ tool.doc_only = doc_only_tool
 
 def _where(f) -> str:
     return f"{getattr(f, '__module__', '?')}.{getattr(f, '__qualname__', getattr(f, '__name__', '?'))}"
+
+
+def _origin_text(fn, source: str) -> str:
+    """Where a tool comes from, for error messages: its function and, if it
+    says more, its source (a plugin's distribution and entry point)."""
+    parts = [_where(fn)] if fn is not None else ["documentation-only tool"]
+    if source and source != getattr(fn, "__module__", None):
+        parts.append(source)
+    return ", ".join(parts)
 
 
 @dataclass

@@ -3,10 +3,11 @@
 In tool mode the model writes ``name(`` ... ``)``; the text in between is
 untrusted model output.  It is parsed by a small hand-written recursive-descent
 parser that only knows literals -- never ``eval``/``exec``/``ast.literal_eval``
--- checked against the tool's signature, and the tool is run in a worker thread
-under a time limit.  Every failure becomes a :class:`ToolArgumentError` or an
-error :class:`ToolOutcome`, so the agent can treat it like a Reject for that
-step instead of crashing.
+-- checked against the tool's signature, and the tool is run under a time limit
+(in a thread here, or in a worker process: toolken_plus/isolation.py), its
+result turned into capped text by :func:`format_result` where it ran.  Every
+failure becomes a :class:`ToolArgumentError` or an error :class:`ToolOutcome`,
+so the agent can treat it like a Reject for that step instead of crashing.
 
 Grammar accepted by :func:`parse_arguments` (whitespace around items ignored)::
 
@@ -263,15 +264,53 @@ def coerce_arguments(args: list, signature: inspect.Signature | None) -> list:
 
 @dataclass
 class ToolOutcome:
-    """What one tool call produced: ``value`` if ``ok``, else an ``error`` message."""
+    """What one tool call produced: ``value`` if ``ok``, else an ``error`` message.
+    After :func:`format_result` the value is text, and ``truncated_from`` is the
+    length of the full text if it was cut."""
 
     ok: bool
     value: object = None
     error: str | None = None
     seconds: float = 0.0
+    truncated_from: int | None = None
 
 
-def _exception_text(exc: BaseException) -> str:
+def format_result(value: Any, max_chars: int) -> tuple[str, int | None]:
+    """The text a result is written back as (at most ``max_chars`` characters),
+    and the full text's length if it was cut (else None).
+
+    May raise: ``str()`` of a result is the tool's code too (a hostile
+    ``__str__``; an int of more than 4300 digits raises ValueError), so it runs
+    where the tool ran, under the same limits; see :func:`run_and_format`."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("non-finite result")
+    text = str(value)
+    if type(text) is not str:  # a str subclass may override len() and slicing
+        text = str.__str__(text)
+    full = len(text)
+    text = text[:max_chars]
+    # A lone surrogate ('\ud800') makes the tokenizer raise: write '?' instead.
+    text = text.encode("utf-8", "replace").decode("utf-8")
+    return text, (full if full > max_chars else None)
+
+
+def run_and_format(fn: Callable[..., Any], args: list, max_chars: int) -> ToolOutcome:
+    """``fn(*args)`` formatted by :func:`format_result`; never raises (no time
+    limit: the caller runs it in a thread or a worker process)."""
+    start = time.perf_counter()
+    try:
+        value = fn(*args)
+    except BaseException as exc:  # SystemExit etc. from a tool is still just a failed call
+        return ToolOutcome(False, error=exception_text(exc), seconds=time.perf_counter() - start)
+    try:
+        text, cut = format_result(value, max_chars)
+    except BaseException as exc:
+        return ToolOutcome(False, error=f"result cannot be written as text: {exception_text(exc)}",
+                           seconds=time.perf_counter() - start)
+    return ToolOutcome(True, text, seconds=time.perf_counter() - start, truncated_from=cut)
+
+
+def exception_text(exc: BaseException) -> str:
     try:
         detail = str(exc)
     except Exception:  # a hostile __str__ must not escape either
@@ -288,7 +327,9 @@ def call_with_timeout(fn: Callable[..., Any], args: list, timeout: float = 2.0) 
     a timeout ``"timed out after 2.0 s"``, a nan/inf float result
     ``"non-finite result"``.  Python cannot kill a thread: a timed-out call keeps
     running in the background until it returns, but being a daemon it never
-    blocks interpreter exit.
+    blocks interpreter exit.  Nor can it interrupt code that holds the GIL: one
+    long C-level operation (``7 ** (10 ** 7)``) delays the return until it ends.
+    Untrusted tools belong in a worker process (toolken_plus/isolation.py).
     """
     box: dict[str, Any] = {}
 
@@ -300,17 +341,28 @@ def call_with_timeout(fn: Callable[..., Any], args: list, timeout: float = 2.0) 
 
     start = time.perf_counter()
     try:
-        worker = threading.Thread(target=work, name=f"tool-{getattr(fn, '__name__', 'call')}", daemon=True)
-        worker.start()
-        worker.join(timeout)
+        finished = run_in_thread(work, f"tool-{getattr(fn, '__name__', 'call')}", timeout)
     except Exception as exc:  # e.g. no thread could be started
-        return ToolOutcome(False, error=_exception_text(exc), seconds=time.perf_counter() - start)
+        return ToolOutcome(False, error=exception_text(exc), seconds=time.perf_counter() - start)
     seconds = time.perf_counter() - start
-    if worker.is_alive():
-        return ToolOutcome(False, error=f"timed out after {float(timeout)} s", seconds=seconds)
+    if not finished:
+        return ToolOutcome(False, error=timeout_text(timeout), seconds=seconds)
     if "error" in box:
-        return ToolOutcome(False, error=_exception_text(box["error"]), seconds=seconds)
+        return ToolOutcome(False, error=exception_text(box["error"]), seconds=seconds)
     value = box.get("value")
     if isinstance(value, float) and not math.isfinite(value):
         return ToolOutcome(False, error="non-finite result", seconds=seconds)
     return ToolOutcome(True, value, seconds=seconds)
+
+
+def run_in_thread(work: Callable[[], None], name: str, timeout: float) -> bool:
+    """Start ``work()`` in a daemon thread and wait at most ``timeout`` seconds
+    for it; True if it finished. Raises what starting a thread raises."""
+    worker = threading.Thread(target=work, name=name, daemon=True)
+    worker.start()
+    worker.join(timeout)
+    return not worker.is_alive()
+
+
+def timeout_text(timeout: float) -> str:
+    return f"timed out after {float(timeout)} s"
