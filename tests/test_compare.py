@@ -33,11 +33,11 @@ def test_false_positive_calls_is_the_multiset_excess():
 
 def test_score_counts_rerank_rejects_and_changed_tools():
     from toolken_plus.agent import AgentResult
-    from toolken_plus.evaluate import score
+    from toolken_plus.evaluate import metrics_from_rows, prediction_row
 
     reranks = [{"candidates": ["add", "multiply"], "chosen": None},      # Reject
                {"candidates": ["add", "multiply"], "chosen": "multiply"},  # changed
                {"candidates": ["add", "multiply"], "chosen": "add"}]       # kept stage 1's top-1
     res = AgentResult("q", "text", "text", [], 3.0, "answer", 5, reranks)
-    _, m = score([{"question": "q", "label": 3.0}], [res], ["add", "multiply"])
+    m = metrics_from_rows([prediction_row({"question": "q", "label": 3.0}, res)], ["add", "multiply"])
     assert (m["rerank_decisions"], m["rerank_rejects"], m["rerank_changed_tool"]) == (3, 1, 1)

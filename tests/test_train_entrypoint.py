@@ -48,7 +48,7 @@ def test_train_py_writes_run_dir_and_resumes(tmp_path, data_root):
     run_dir = tmp_path / "run"
     proc = _run_train(TINY + [f"hydra.run.dir={run_dir}"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    for name in ("toolkens.safetensors", "toolken_config.json", "metrics.json", "checkpoints/last.pt"):
+    for name in ("toolkens.safetensors", "toolken_config.json", "metrics.json", "checkpoints/last.safetensors"):
         assert (run_dir / name).is_file(), name
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert {"val/precision", "val/recall", "val/f1", "val/multiply/f1"} <= metrics.keys()

@@ -65,7 +65,7 @@ def test_resume_refuses_a_checkpoint_for_other_tools(tiny_backbone, cache_root, 
     cache = _cache(tiny_backbone, cache_root)
     ToolkenTrainer(ToolkenHead(TOOLS, tiny_backbone.hidden_size), cache, TrainerConfig(epochs=1, progress=False), run_dir=tmp_path).fit()
     other = ToolkenHead(["add", "subtract"], tiny_backbone.hidden_size)
-    with pytest.raises(RuntimeError, match="other tools or data"):
+    with pytest.raises(ValueError, match="other settings:\n  tools: "):
         ToolkenTrainer(other, cache, TrainerConfig(epochs=2, progress=False), run_dir=tmp_path).fit()
 
 

@@ -17,12 +17,13 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from .rundir import make_temp_dir, remove_stale_temps
 
 log = logging.getLogger(__name__)
 
@@ -256,8 +257,8 @@ def convert_gguf(gguf_path: Path, cache_dir: Path | str | None = None) -> tuple[
         return target, digest
 
     log.info("converting %s to a safetensors cache at %s (once, ~25 s)", gguf_path.name, target)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=cache_dir, prefix=".tmp-"))
+    remove_stale_temps(cache_dir)  # conversions of runs that were killed
+    tmp = make_temp_dir(cache_dir)
     try:
         tok = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
         model = AutoModelForCausalLM.from_pretrained(
@@ -386,7 +387,7 @@ def _tokenizer_from_gguf(gguf_path: Path, cache_dir: str | None):
     tok_dir = root / f"{gguf_path.stem}-{digest[:12]}-tokenizer"
     if not (tok_dir / "tokenizer.json").is_file():
         tok = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
-        tmp = Path(tempfile.mkdtemp(dir=root, prefix=".tmp-"))
+        tmp = make_temp_dir(root)
         tok.save_pretrained(tmp)
         try:
             tmp.rename(tok_dir)

@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ from tqdm.auto import tqdm
 from .backbone import Backbone
 from .encoding import IGNORE, Encoded, encodings_digest
 from .kv import prefix_row
+from .rundir import make_temp_dir, remove_stale_temps
 
 log = logging.getLogger(__name__)
 
@@ -165,8 +165,8 @@ def build_feature_cache(
     n, d = int(starts[-1]), backbone.hidden_size
     np_dtype = np.float16 if dtype == "float16" else np.float32
 
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=".tmp-"))
+    remove_stale_temps(final.parent)  # half-built caches of runs that were killed
+    tmp = make_temp_dir(final.parent)
     try:
         # h goes straight to disk with positioned writes (not a writable
         # memmap, whose dirty pages would count against the process's RSS);

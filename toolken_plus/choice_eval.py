@@ -24,9 +24,11 @@ import torch
 from tqdm.auto import tqdm
 
 from .backbone import Backbone
-from .head import atomic_write
 from .kv import prefill_rows, prefix_row
+from .predictions import PredictionLog, settings_fingerprint
 from .rerank import RerankQuery
+from .rundir import RunDirLock, atomic_write
+from .validation import validate_config
 from .tasks.metatool import ChoiceExample
 
 log = logging.getLogger(__name__)
@@ -34,14 +36,17 @@ log = logging.getLogger(__name__)
 
 @torch.no_grad()
 def predict_choices(backbone: Backbone, head, reranker, prefix: str, examples: list[ChoiceExample], *,
-                    bias: float | None = None, batch_size: int = 32, progress: bool = True) -> list[dict]:
+                    bias: float | None = None, batch_size: int = 32, progress: bool = True,
+                    on_rows=None) -> list[dict]:
+    """One prediction row per example; `on_rows(rows)` is called after each batch."""
     tok = backbone.tokenizer
     names = head.tool_names
     b = float(head.logit_bias) if bias is None else float(bias)
     shared = prefix_row(backbone, tok(prefix, add_special_tokens=False)["input_ids"])  # once, for every query
     need_kv = getattr(reranker, "name", "none") == "llm"
-    out = []
+    out: list[dict] = []
     for s in tqdm(range(0, len(examples), batch_size), desc="choices", disable=not progress, unit="batch"):
+        first = len(out)
         chunk = examples[s : s + batch_size]
         ids = [tok(ex.text, add_special_tokens=False)["input_ids"] for ex in chunk]
         jobs = [(shared[0], shared[1], i) for i in ids]
@@ -63,6 +68,8 @@ def predict_choices(backbone: Backbone, head, reranker, prefix: str, examples: l
                 "selected": names[selected],
                 "called": None if called is None else names[called],
             })
+        if on_rows is not None:
+            on_rows(out[first:])
     return out
 
 
@@ -129,9 +136,8 @@ def confusion_png(preds: list[dict], tool_names: list[str], path: Path, title: s
 
 
 def write_choice_report(preds: list[dict], metrics: dict, run_dir: Path, *, title: str, tool_names: list[str]) -> None:
+    """metrics.json, report.md and confusion.png (predictions.jsonl is written as they come)."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write(run_dir / "predictions.jsonl",
-                 lambda p: Path(p).write_text("".join(json.dumps(r) + "\n" for r in preds)))
     atomic_write(run_dir / "metrics.json", lambda p: Path(p).write_text(json.dumps(metrics, indent=2)))
     png = confusion_png(preds, tool_names, run_dir / "confusion.png", title)
     lines = [f"# {title}", ""]
@@ -155,15 +161,23 @@ def write_choice_report(preds: list[dict], metrics: dict, run_dir: Path, *, titl
     atomic_write(run_dir / "report.md", lambda p: Path(p).write_text("\n".join(lines) + "\n"))
 
 
-def run_choice_inference(cfg: dict, run_dir: str | Path, backbone: Backbone | None = None) -> tuple[dict, Path]:
-    """infer.py for choice tasks: checkpoint + reranker → predictions, metrics, report, confusion.png."""
+def run_choice_inference(cfg: dict, run_dir: str | Path, backbone: Backbone | None = None, *,
+                         fingerprint: dict | None = None) -> tuple[dict, Path]:
+    """infer.py for choice tasks: checkpoint + reranker → predictions, metrics, report, confusion.png.
+    `fingerprint`: the settings a resumed run must share (default: from the config)."""
+    cfg = validate_config(cfg)
+    with RunDirLock(run_dir):
+        return _run_choice_inference(cfg, Path(run_dir), backbone, fingerprint)
+
+
+def _run_choice_inference(cfg: dict, run_dir: Path, backbone: Backbone | None, fingerprint: dict | None) -> tuple[dict, Path]:
     from .backbone import build_backbone
     from .head import ToolkenHead
     from .rerank import build_reranker
     from .taskdata import metatool_split
     from .tasks import metatool
 
-    run_dir = Path(run_dir)
+    fingerprint = fingerprint if fingerprint is not None else settings_fingerprint(cfg)
     data, task = cfg["data"], cfg["task"]
     if not cfg.get("checkpoint"):
         raise ValueError("checkpoint=<run dir of train.py experiment=metatool> is required")
@@ -180,17 +194,28 @@ def run_choice_inference(cfg: dict, run_dir: str | Path, backbone: Backbone | No
         examples = sets[which]
     if data.get("limit_eval") is not None:
         examples = examples[: int(data["limit_eval"])]
+    if not examples:
+        raise ValueError(f"no queries to evaluate in {which}")
     if backbone is None:
         backbone = build_backbone(cfg["model"])
     head = ToolkenHead.load(cfg["checkpoint"], backbone=backbone, tool_docs=docs)
     rcfg = dict(cfg.get("reranker") or {"name": "none"})
     reranker = build_reranker(rcfg, backbone, head, docs)
-    t0 = time.perf_counter()
-    preds = predict_choices(backbone, head, reranker, metatool.PROMPT_PREFIX, examples,
-                            bias=cfg.get("agent", {}).get("logit_bias"), progress=bool(cfg.get("agent", {}).get("progress", True)))
-    seconds = time.perf_counter() - t0
+    items = [{"id": ex.id} for ex in examples]
+    log_ = PredictionLog(run_dir, fingerprint, resume=bool(cfg.get("resume", True)))
+    try:
+        todo = {it["id"] for it in log_.todo(items)}
+        t0 = time.perf_counter()
+        predict_choices(backbone, head, reranker, metatool.PROMPT_PREFIX, [ex for ex in examples if ex.id in todo],
+                        bias=cfg.get("agent", {}).get("logit_bias"), progress=bool(cfg.get("agent", {}).get("progress", True)),
+                        on_rows=lambda rows: [log_.append(r) for r in rows])
+        seconds = time.perf_counter() - t0
+        preds = log_.finish(items)
+    finally:
+        log_.close()
     metrics = choice_metrics(preds, reranker.k)
-    metrics.update({"seconds": round(seconds, 1), "reranker": reranker.name, "eval": which,
+    metrics.update({"seconds": round(seconds, 1), "answered_now": len(todo), "resumed": len(items) - len(todo),
+                    "reranker": reranker.name, "eval": which,
                     "checkpoint": str(cfg["checkpoint"]), "logit_bias": float(head.logit_bias)})
     write_choice_report(preds, metrics, run_dir, tool_names=head.tool_names,
                         title=f"MetaTool {which}: reranker={reranker.name}, k={reranker.k}")

@@ -18,7 +18,8 @@ from pathlib import Path
 
 from .agent import Agent, AgentResult
 from .answers import is_correct
-from .head import atomic_write
+from .predictions import PredictionLog
+from .rundir import atomic_write
 
 
 def false_positive_calls(called: list[str], reference: list[str]) -> int:
@@ -26,80 +27,91 @@ def false_positive_calls(called: list[str], reference: list[str]) -> int:
     return sum(extra.values())
 
 
-def score(items: list[dict], results: list[AgentResult], tool_names: list[str]) -> tuple[list[dict], dict]:
-    rows, per_tool = [], {t: Counter() for t in tool_names}
-    correct = calls = errors = fps = reranks = rejects = changed = 0
-    finish = Counter()
-    for item, res in zip(items, results):
-        ok = is_correct(res.answer, item["label"])
-        called = [c.tool for c in res.calls]
-        fp = false_positive_calls(called, item.get("reference_tools", []))
-        correct += ok
-        calls += len(res.calls)
-        errors += sum(c.error is not None for c in res.calls)
-        fps += fp
-        reranks += len(res.reranks)
-        rejects += sum(r["chosen"] is None for r in res.reranks)
-        changed += sum(r["chosen"] not in (None, r["candidates"][0]) for r in res.reranks)
-        finish[res.finish_reason] += 1
-        for c in res.calls:
-            per_tool.setdefault(c.tool, Counter())
-            per_tool[c.tool]["calls"] += 1
-            per_tool[c.tool]["errors"] += c.error is not None
-        for t in item.get("reference_tools", []):
+def prediction_row(item: dict, res: AgentResult) -> dict:
+    """One line of predictions.jsonl: the full generation, every call, the verdict."""
+    called = [c.tool for c in res.calls]
+    return {
+        "id": item.get("id"),
+        "question": item["question"],
+        "generation": res.generation,
+        "trace": res.trace,
+        "calls": [vars(c) for c in res.calls],
+        "answer": res.answer,
+        "label": item["label"],
+        "correct": is_correct(res.answer, item["label"]),
+        "reference_tools": item.get("reference_tools", []),
+        "false_positive_calls": false_positive_calls(called, item.get("reference_tools", [])),
+        "finish_reason": res.finish_reason,
+        "notes": res.notes,  # e.g. the question was cut to fit the model's context
+        "new_tokens": res.new_tokens,
+        "reranks": res.reranks,
+    }
+
+
+def metrics_from_rows(rows: list[dict], tool_names: list[str]) -> dict:
+    per_tool = {t: Counter() for t in tool_names}
+    # "error: TypeError: <message>" counts as "error" (one key per kind, not per message)
+    finish = Counter(r["finish_reason"].split(":")[0] for r in rows)
+    for r in rows:
+        for c in r["calls"]:
+            per_tool.setdefault(c["tool"], Counter())
+            per_tool[c["tool"]]["calls"] += 1
+            per_tool[c["tool"]]["errors"] += c["error"] is not None
+        for t in r["reference_tools"]:
             per_tool.setdefault(t, Counter())["reference"] += 1
-        rows.append({
-            "id": item.get("id"),
-            "question": item["question"],
-            "generation": res.generation,
-            "trace": res.trace,
-            "calls": [vars(c) for c in res.calls],
-            "answer": res.answer,
-            "label": item["label"],
-            "correct": ok,
-            "reference_tools": item.get("reference_tools", []),
-            "false_positive_calls": fp,
-            "finish_reason": res.finish_reason,
-            "new_tokens": res.new_tokens,
-            "reranks": res.reranks,
-        })
-    n = len(items)
-    metrics = {
+    n = len(rows)
+    correct = sum(r["correct"] for r in rows)
+    calls = sum(len(r["calls"]) for r in rows)
+    fps = sum(r["false_positive_calls"] for r in rows)
+    reranks = [d for r in rows for d in r["reranks"]]
+    return {
         "accuracy": correct / n if n else 0.0,
         "n": n,
         "correct": correct,
         "tool_calls": calls,
-        "tool_errors": errors,
+        "tool_errors": sum(c["error"] is not None for r in rows for c in r["calls"]),
         "false_positive_calls": fps,
         "false_positive_calls_per_question": fps / n if n else 0.0,
         "calls_per_question": calls / n if n else 0.0,
-        "rerank_decisions": reranks,
-        "rerank_rejects": rejects,
-        "rerank_changed_tool": changed,  # the reranker called another tool than stage 1's top-1
+        "rerank_decisions": len(reranks),
+        "rerank_rejects": sum(d["chosen"] is None for d in reranks),
+        # the reranker called another tool than stage 1's top-1
+        "rerank_changed_tool": sum(d["chosen"] not in (None, d["candidates"][0]) for d in reranks),
         "finish_reasons": dict(finish),
         "per_tool": {t: {"calls": c["calls"], "errors": c["errors"], "reference": c["reference"]} for t, c in per_tool.items()},
     }
-    return rows, metrics
 
 
-def evaluate(agent: Agent, items: list[dict], run_dir: str | Path, setting: str = "") -> dict:
+def evaluate(agent: Agent, items: list[dict], run_dir: str | Path, setting: str = "", *,
+             fingerprint: dict | None = None, resume: bool = True) -> dict:
+    """Answer `items`, appending each prediction as it finishes; a rerun with
+    the same run dir and `fingerprint` answers only what is missing."""
+    if not items:
+        raise ValueError("no questions to evaluate (empty evaluation file, or data.limit_eval selects none)")
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    results = agent.run_batch([it["question"] for it in items])
-    seconds = time.perf_counter() - t0
+    log_ = PredictionLog(run_dir, fingerprint or {"setting": setting}, resume=resume)
+    try:
+        todo = log_.todo(items)
+        t0 = time.perf_counter()
+        agent.run_batch([it["question"] for it in todo],
+                        on_result=lambda i, res: log_.append(prediction_row(todo[i], res)))
+        seconds = time.perf_counter() - t0
+        rows = log_.finish(items)
+    finally:
+        log_.close()
     tool_names = agent.head.tool_names if agent.head is not None else list(agent.tools)
-    rows, metrics = score(items, results, tool_names)
+    metrics = metrics_from_rows(rows, tool_names)
     metrics.update({
         "setting": setting,
         "reranker": agent.reranker.name if agent.reranker is not None else "none",
-        "seconds": round(seconds, 1),
-        "questions_per_s": len(items) / seconds if seconds else 0.0,
+        "seconds": round(seconds, 1),  # of this invocation: a resumed run answered only the rest
+        "answered_now": len(todo),
+        "resumed": len(items) - len(todo),
+        "questions_per_s": len(todo) / seconds if seconds else 0.0,
         "new_tokens": sum(r["new_tokens"] for r in rows),
         "logit_bias": agent.bias,
         "batch_size": agent.cfg.batch_size,
     })
-    atomic_write(run_dir / "predictions.jsonl", lambda p: Path(p).write_text("".join(json.dumps(r) + "\n" for r in rows)))
     atomic_write(run_dir / "metrics.json", lambda p: Path(p).write_text(json.dumps(metrics, indent=2)))
     atomic_write(run_dir / "report.md", lambda p: Path(p).write_text(report(metrics, rows)))
     return metrics

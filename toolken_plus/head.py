@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
+import math
 import warnings
 from pathlib import Path
 
@@ -20,12 +19,27 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .registry import doc_hash  # noqa: F401  (defined beside the tools; checkpoints store it)
+from .rundir import atomic_write
 
 log = logging.getLogger(__name__)
 
 WEIGHTS_NAME = "toolkens.safetensors"
 CONFIG_NAME = "toolken_config.json"
 FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that is missing, unreadable, or not what we wrote;
+    the message names the file."""
+
+
+def check_finite(tensors: dict[str, torch.Tensor], where: str) -> None:
+    """Refuse to write NaN/inf weights: a diverged run must fail loudly, not
+    leave a checkpoint that silently predicts garbage."""
+    bad = [name for name, t in tensors.items() if not bool(torch.isfinite(t).all())]
+    if bad:
+        raise FloatingPointError(f"{where}: non-finite values in {', '.join(bad)}; nothing was saved "
+                                 f"(training diverged: lower trainer.lr)")
 
 
 class ToolkenHead(nn.Module):
@@ -91,6 +105,7 @@ class ToolkenHead(nn.Module):
                 "vocab_size": backbone.vocab_size,
             }
         config.update(extra or {})
+        check_finite({**tensors, "logit_bias": self.logit_bias.detach()}, str(out / WEIGHTS_NAME))
         atomic_write(out / WEIGHTS_NAME, lambda p: save_file(tensors, str(p)))
         atomic_write(out / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(config, indent=2)))
 
@@ -102,19 +117,24 @@ class ToolkenHead(nn.Module):
     @classmethod
     def load(cls, path: str | Path, *, backbone=None, tool_docs: dict[str, str] | None = None) -> "ToolkenHead":
         path = Path(path)
-        cfg_file = path / CONFIG_NAME
-        if not cfg_file.is_file():
-            raise FileNotFoundError(f"no {CONFIG_NAME} in {path}: not a toolken checkpoint (the run dir of train.py)")
-        config = json.loads(cfg_file.read_text())
+        config = read_config(path)
         names = [t["name"] for t in config["tools"]]
         head = cls(names, config["hidden_size"])
-        tensors = load_file(str(path / WEIGHTS_NAME))
+        tensors = read_tensors(path / WEIGHTS_NAME)
+        weight = tensors.get("toolken.weight")
+        if weight is None or tuple(weight.shape) != tuple(head.weight.shape):
+            got = "no toolken.weight" if weight is None else f"toolken.weight of shape {tuple(weight.shape)}"
+            raise CheckpointError(f"{path / WEIGHTS_NAME}: {got}; {CONFIG_NAME} describes {len(names)} tools "
+                                  f"of width {config['hidden_size']}")
         with torch.no_grad():
-            head.weight.copy_(tensors["toolken.weight"])
+            head.weight.copy_(weight)
             head.logit_bias.fill_(config.get("logit_bias", 0.0))
         head.extra_tensors = {k: v for k, v in tensors.items() if k != "toolken.weight"}
-        head.doc_hashes = {t["name"]: t["doc_hash"] for t in config["tools"]}
+        head.doc_hashes = {t["name"]: t.get("doc_hash", "") for t in config["tools"]}
         if "rerank.weight" in tensors:
+            if tuple(tensors["rerank.weight"].shape) != (len(names) + 1, head.weight.shape[1]):
+                raise CheckpointError(f"{path / WEIGHTS_NAME}: rerank.weight has shape {tuple(tensors['rerank.weight'].shape)}; "
+                                      f"expected one row per tool plus Reject ({len(names) + 1}, {head.weight.shape[1]})")
             head.rerank_weight = nn.Parameter(tensors["rerank.weight"], requires_grad=False)
         head.rerank_config = dict(config.get("reranker", {}))
         head.config = config
@@ -130,20 +150,36 @@ class ToolkenHead(nn.Module):
                 raise ValueError(f"{path}: hidden size {saved['hidden_size']} != backbone's {backbone.hidden_size}")
         if tool_docs is not None:
             for t in config["tools"]:
-                if t["name"] in tool_docs and t["doc_hash"] != doc_hash(tool_docs[t["name"]]):
+                if t["name"] in tool_docs and t.get("doc_hash") != doc_hash(tool_docs[t["name"]]):
                     warnings.warn(f"{path}: the documentation of tool {t['name']!r} changed since training", stacklevel=2)
         return head
 
 
-def atomic_write(target: Path, write) -> None:
-    """Write via a temp file in the same folder, then rename: readers never see
-    a half-written file, and a crash leaves the previous version intact."""
-    target = Path(target)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-    os.close(fd)
+def read_config(path: Path) -> dict:
+    """toolken_config.json of a checkpoint folder, checked for the fields every reader needs."""
+    file = Path(path) / CONFIG_NAME
+    if not file.is_file():
+        raise FileNotFoundError(f"no {CONFIG_NAME} in {path}: not a toolken checkpoint (the run dir of train.py)")
     try:
-        write(tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        config = json.loads(file.read_text(encoding="utf-8"))
+        names = [t["name"] for t in config["tools"]]
+        width = int(config["hidden_size"])
+    except (ValueError, KeyError, TypeError) as err:  # JSON, UTF-8 and shape errors alike
+        raise CheckpointError(f"{file}: not a valid toolken config ({type(err).__name__}: {err})") from None
+    if not names or width <= 0 or not all(isinstance(n, str) for n in names):
+        raise CheckpointError(f"{file}: not a valid toolken config (tools {names!r}, hidden_size {width})")
+    bias = config.get("logit_bias", 0.0)
+    if isinstance(bias, bool) or not isinstance(bias, (int, float)) or not math.isfinite(bias):
+        raise CheckpointError(f"{file}: logit_bias {bias!r} is not a finite number")
+    return config
+
+
+def read_tensors(file: Path) -> dict[str, torch.Tensor]:
+    """A safetensors file (never a pickle: loading one can run code), with its path in every error."""
+    if not file.is_file():
+        raise FileNotFoundError(f"{file} not found: the checkpoint is incomplete")
+    try:
+        return load_file(str(file))
+    except Exception as err:  # safetensors reports truncation and bad headers without the path
+        raise CheckpointError(f"{file}: cannot read it ({type(err).__name__}: {err}); "
+                              f"the file is truncated or not a safetensors file") from None

@@ -15,8 +15,11 @@ from .config import to_dict
 from .evaluate import evaluate
 from .head import ToolkenHead
 from .plugins import checkpoint_tools
+from .predictions import settings_fingerprint
 from .prompts import SLOT, FewShotPrompt
 from .registry import Tool, calculator_tools
+from .rundir import RunDirLock
+from .validation import validate_config
 
 log = logging.getLogger(__name__)
 
@@ -96,10 +99,14 @@ def load_eval_items(cfg) -> list[dict]:
 
 
 def run_inference(cfg, run_dir: str | Path, backbone: Backbone | None = None) -> tuple[dict, Path]:
-    cfg = to_dict(cfg)
-    items = load_eval_items(cfg)
-    agent = build_agent(cfg, backbone)
-    metrics = evaluate(agent, items, run_dir, setting=cfg.get("agent", {}).get("setting", "toolkens"))
+    """Validate the config, lock the run dir, answer the evaluation items
+    (resuming predictions already in the run dir) and score them."""
+    cfg = validate_config(to_dict(cfg))
+    with RunDirLock(run_dir):
+        items = load_eval_items(cfg)
+        with build_agent(cfg, backbone) as agent:  # closing it ends the tool worker processes
+            metrics = evaluate(agent, items, run_dir, setting=cfg.get("agent", {}).get("setting", "toolkens"),
+                               fingerprint=settings_fingerprint(cfg), resume=bool(cfg.get("resume", True)))
     return metrics, Path(run_dir)
 
 

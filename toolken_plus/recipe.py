@@ -21,10 +21,12 @@ from .backbone import Backbone, build_backbone
 from .cache import build_feature_cache
 from .config import to_dict
 from .encoding import encode_examples
-from .head import ToolkenHead, atomic_write
+from .head import ToolkenHead
 from .loggers import build_logger
+from .rundir import RunDirLock, atomic_write
 from .taskdata import TaskData, load_task_data
 from .trainer import CachedFeatures, ToolkenTrainer, TrainerConfig, calibrate_head_bias, evaluate_head
+from .validation import validate_config
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +43,13 @@ class TrainToolkensRecipe:
         self.run_dir = Path(run_dir)
         self.backbone = backbone
         self.task: TaskData | None = None
+        self.lock = RunDirLock(self.run_dir)
 
     # ---------------------------------------------------------------- setup
     def setup(self) -> None:
-        cfg = self.cfg
+        cfg = validate_config(self.cfg)
         seed_everything(int(cfg.get("seed", 0)))
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.lock.acquire()  # released by close(); a second training here fails now, naming this pid
         # checkpoint=… tools.add=[…]: enlarge a trained head instead of starting one
         self.addition = ToolAddition.from_config(cfg)
         self.task = load_task_data(self.addition.task_config(cfg["task"]) if self.addition else cfg["task"], cfg["data"])
@@ -74,6 +77,8 @@ class TrainToolkensRecipe:
         else:
             self.train_enc = encode_examples(tok, self.task.train, tool_index, max_len)
             self.val_enc = encode_examples(tok, self.task.val, tool_index, max_len)
+        self.call_counts = {"train": call_counts(self.train_enc, tool_names), "val": call_counts(self.val_enc, tool_names)}
+        check_calls_survive(self.call_counts, max_len, self.addition.new_names if self.addition else [])
         cache_cfg = cfg.get("cache", {})
         common = dict(dtype=cache_cfg.get("dtype", "float16"),
                       max_tokens_per_batch=int(cache_cfg.get("max_tokens_per_batch", 1024)),
@@ -97,6 +102,10 @@ class TrainToolkensRecipe:
                           frozen_rows=self.addition.n_old if self.addition else 0),
             run_dir=self.run_dir,
             logger=self.logger,
+            resume=bool(cfg.get("resume", True)),
+            # A checkpoint is resumed only by a run on the same task and data selection.
+            run_identity={"task": cfg["task"].get("name"), "limit_train": cfg["data"].get("limit_train"),
+                          "max_length": max_len},
         )
 
     # ---------------------------------------------------------------- train
@@ -122,6 +131,8 @@ class TrainToolkensRecipe:
             "train/examples": len(self.task.train),
             "train/positions": len(self.train_cache),
             "train/gold_calls": int(self.train_cache.meta["n_tool_positions"]),
+            "train/calls_lost": self.call_counts["train"]["lost"],
+            "val/calls_lost": self.call_counts["val"]["lost"],
             "val/examples": len(self.task.val),
             "time/train_epochs_s": round(train_seconds, 2),
             "time/train_cache_build_s": self.train_cache.meta["build_seconds"],
@@ -168,11 +179,44 @@ class TrainToolkensRecipe:
         self.logger.finish()
         return self.run_dir
 
+    def close(self) -> None:
+        self.lock.release()
+
     def run(self) -> dict:
-        self.setup()
-        metrics = self.train()
-        self.save()
+        try:
+            self.setup()
+            metrics = self.train()
+            self.save()
+        finally:
+            self.close()
         return metrics
+
+
+def call_counts(encoded, tool_names: list[str]) -> dict:
+    """Gold calls that survived encoding, per tool, and calls lost to truncation."""
+    per_tool = dict.fromkeys(tool_names, 0)
+    for e in encoded:
+        for k in e.tool_label[e.tool_label >= 0]:
+            per_tool[tool_names[int(k)]] += 1
+    return {"kept": sum(per_tool.values()), "lost": sum(e.n_calls_lost for e in encoded), "per_tool": per_tool}
+
+
+def check_calls_survive(counts: dict, max_length: int, must_have: list[str] = ()) -> None:
+    """Say how many calls truncation cost; stop when the training data keeps
+    none (a head trained on zero gold calls learns only "never call"), or none
+    of a tool being added."""
+    for split, c in counts.items():
+        if c["lost"]:
+            log.warning("%s: %d tool call(s) lost to truncation at data.max_length=%d (%d kept)",
+                        split, c["lost"], max_length, c["kept"])
+    train = counts["train"]
+    hint = (f"{train['lost']} were lost to truncation at data.max_length={max_length}: raise it"
+            if train["lost"] else "check the data files and the task's tools")
+    if train["kept"] == 0:
+        raise ValueError(f"no gold tool call survives in the training data ({hint})")
+    silent = [n for n in must_have if train["per_tool"].get(n, 0) == 0]
+    if silent:
+        raise ValueError(f"no gold call of {silent} survives in the training data ({hint})")
 
 
 def format_metrics_table(metrics: dict, tool_names: list[str], prefix: str = "val/") -> str:
