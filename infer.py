@@ -21,8 +21,8 @@ from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from toolken_plus.config import CONFIG_DIR  # noqa: E402  (also registers resolvers)
-from toolken_plus.evaluate import format_trace  # noqa: E402
-from toolken_plus.infer_recipe import run_inference  # noqa: E402
+from toolken_plus.infer.evaluate import format_trace  # noqa: E402
+from toolken_plus.infer.recipe import run_inference  # noqa: E402
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="infer")
@@ -41,8 +41,8 @@ def main(cfg: DictConfig) -> float:
 
 
 def choice_main(cfg: DictConfig, run_dir: str) -> float:
-    from toolken_plus.choice_eval import run_choice_inference
     from toolken_plus.config import to_dict
+    from toolken_plus.infer.choice import run_choice_inference
 
     metrics, out = run_choice_inference(to_dict(cfg), run_dir)
     print((out / "report.md").read_text())

@@ -18,7 +18,7 @@ from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from toolken_plus.config import CONFIG_DIR  # noqa: E402  (also registers resolvers)
-from toolken_plus.recipe import TrainToolkensRecipe, format_metrics_table  # noqa: E402
+from toolken_plus.train.recipe import TrainToolkensRecipe, format_metrics_table  # noqa: E402
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")

@@ -36,7 +36,7 @@ from torch import nn  # noqa: E402
 
 from toolken_plus.backbone import FewRowsLinear, times_transposed  # noqa: E402
 from toolken_plus.config import PROJECT_ROOT  # noqa: E402
-from toolken_plus.infer_recipe import load_agent  # noqa: E402
+from toolken_plus.infer.recipe import load_agent  # noqa: E402
 from toolken_plus.tasks.gsm8k import load_gsm8k_xl_test  # noqa: E402
 
 

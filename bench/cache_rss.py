@@ -24,10 +24,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from train_speed import MODELS  # noqa: E402
 
 from toolken_plus.backbone import build_backbone  # noqa: E402
-from toolken_plus.cache import build_feature_cache  # noqa: E402
 from toolken_plus.config import PROJECT_ROOT  # noqa: E402
-from toolken_plus.encoding import encode_examples  # noqa: E402
-from toolken_plus.taskdata import load_task_data  # noqa: E402
+from toolken_plus.data.encoding import encode_examples  # noqa: E402
+from toolken_plus.tasks.loading import load_task_data  # noqa: E402
+from toolken_plus.train.cache import build_feature_cache  # noqa: E402
 
 
 def main(argv=None) -> None:

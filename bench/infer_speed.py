@@ -29,9 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
+from toolken_plus.adapter.head import ToolkenHead  # noqa: E402
 from toolken_plus.config import PROJECT_ROOT  # noqa: E402
-from toolken_plus.head import ToolkenHead  # noqa: E402
-from toolken_plus.infer_recipe import load_agent  # noqa: E402
+from toolken_plus.infer.recipe import load_agent  # noqa: E402
 from toolken_plus.tasks.gsm8k import load_gsm8k_xl_test  # noqa: E402
 
 

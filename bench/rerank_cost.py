@@ -28,14 +28,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
+from toolken_plus.adapter.head import ToolkenHead  # noqa: E402
 from toolken_plus.backbone import SMOLLM2_135M, build_backbone  # noqa: E402
 from toolken_plus.config import PROJECT_ROOT  # noqa: E402
-from toolken_plus.head import ToolkenHead  # noqa: E402
-from toolken_plus.kv import prefix_row  # noqa: E402
-from toolken_plus.prompts import FewShotPrompt  # noqa: E402
-from toolken_plus.registry import calculator_tools  # noqa: E402
-from toolken_plus.rerank import EmbeddingReranker, LLMReranker, NoReranker, RerankQuery, init_rerank_weight  # noqa: E402
-from toolken_plus.tasks.gsm8k import load_gsm8k  # noqa: E402
+from toolken_plus.data.prompts import FewShotPrompt  # noqa: E402
+from toolken_plus.kv.rows import prefix_row  # noqa: E402
+from toolken_plus.rerank.base import EmbeddingReranker, LLMReranker, NoReranker, RerankQuery, init_rerank_weight  # noqa: E402
+from toolken_plus.tasks.gsm8k import (
+    calculator_tools,  # noqa: E402
+    load_gsm8k,  # noqa: E402
+)
 
 MODELS = {
     "smollm2_135m": SMOLLM2_135M,
@@ -89,7 +91,7 @@ def main(argv=None) -> None:
     llm = LLMReranker(backbone, init_rerank_weight(head.weight), names, docs, k=args.k)
     none = NoReranker(k=args.k)
     try:
-        from toolken_plus.embedder import SentenceEmbedder
+        from toolken_plus.rerank.embedder import SentenceEmbedder
 
         emb = EmbeddingReranker(SentenceEmbedder(), names, docs, k=args.k, threshold=0.0)
     except ModuleNotFoundError as err:

@@ -1,7 +1,7 @@
 """What running a tool in a worker process costs per call, against a thread.
 
 The agent runs built-in tools in a thread of its own process and tools of
-third-party plugins in a worker process (toolken_plus/isolation.py). Per call,
+third-party plugins in a worker process (toolken_plus/tools/isolation.py). Per call,
 in one process and on warm runners (the worker already started, the first
 calls not timed), we time N calls of:
   add    the calculator's <add> (parsing nothing: the values as the agent passes them)
@@ -24,8 +24,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from toolken_plus.isolation import make_runners  # noqa: E402
-from toolken_plus.registry import Tool  # noqa: E402
+from toolken_plus.tools.isolation import make_runners  # noqa: E402
+from toolken_plus.tools.registry import Tool  # noqa: E402
 from toolken_plus_tools import calculator  # noqa: E402
 
 TOOLS = {

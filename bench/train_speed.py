@@ -36,14 +36,14 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
+from toolken_plus.adapter.head import ToolkenHead  # noqa: E402
 from toolken_plus.backbone import SMOLLM2_135M, build_backbone  # noqa: E402
-from toolken_plus.cache import build_feature_cache  # noqa: E402
 from toolken_plus.config import PROJECT_ROOT  # noqa: E402
-from toolken_plus.encoding import IGNORE, encode_examples  # noqa: E402
-from toolken_plus.head import ToolkenHead  # noqa: E402
-from toolken_plus.losses import full_toolken_loss  # noqa: E402
-from toolken_plus.taskdata import load_task_data  # noqa: E402
-from toolken_plus.trainer import CachedFeatures, ToolkenTrainer, TrainerConfig, calibrate_head_bias, evaluate_head  # noqa: E402
+from toolken_plus.data.encoding import IGNORE, encode_examples  # noqa: E402
+from toolken_plus.tasks.loading import load_task_data  # noqa: E402
+from toolken_plus.train.cache import build_feature_cache  # noqa: E402
+from toolken_plus.train.losses import full_toolken_loss  # noqa: E402
+from toolken_plus.train.trainer import CachedFeatures, ToolkenTrainer, TrainerConfig, calibrate_head_bias, evaluate_head  # noqa: E402
 
 MODELS = {
     "smollm2_135m": SMOLLM2_135M,

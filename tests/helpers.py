@@ -1,6 +1,6 @@
 """Small builders for test data."""
 
-from toolken_plus.tasks.base import Example, ToolCall
+from toolken_plus.data.examples import Example, ToolCall
 
 
 def example_with_calls(text: str, calls: list[tuple[str, str]], ex_id: str = "ex") -> Example:

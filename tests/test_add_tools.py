@@ -11,18 +11,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import PROJECT_ROOT
+from fake_plugins import install, weather_distribution, weather_examples  # noqa: F401 (fixture)
 from hydra import compose, initialize_config_dir
 from safetensors.torch import load_file, save_file
 
-from toolken_plus.add_tools import ToolAddition, grow_state_dict
+from toolken_plus.adapter.head import ToolkenHead, doc_hash
 from toolken_plus.config import CONFIG_DIR
-from toolken_plus.head import ToolkenHead, doc_hash
-from toolken_plus.plugins import discover_tools
-from toolken_plus.recipe import TrainToolkensRecipe
-from toolken_plus.trainer import ToolkenTrainer, TrainerConfig
-
-from conftest import PROJECT_ROOT
-from fake_plugins import install, weather_distribution, weather_examples  # noqa: F401 (fixture)
+from toolken_plus.tools.plugins import discover_tools
+from toolken_plus.train.add_tools import ToolAddition, grow_state_dict
+from toolken_plus.train.recipe import TrainToolkensRecipe
+from toolken_plus.train.trainer import ToolkenTrainer, TrainerConfig
 
 CALCULATOR = ["add", "subtract", "multiply", "divide"]
 PROMPT = "Answer the question.\n\nQuestion: [QUESTION]\nAnswer:"
@@ -103,8 +102,8 @@ def test_addition_config_errors(tmp_path):
 
 
 def test_addition_needs_training_calls_of_every_new_tool(tmp_path, tiny_backbone):
-    from toolken_plus.taskdata import TaskData
-    from toolken_plus.tasks.base import Example
+    from toolken_plus.data.examples import Example
+    from toolken_plus.tasks.loading import TaskData
 
     ToolkenHead(["add"], tiny_backbone.hidden_size).save(tmp_path, backbone=tiny_backbone)
     plan = ToolAddition.from_config({"checkpoint": str(tmp_path), "tools": {"add": ["weather"]}})
@@ -149,7 +148,7 @@ def base_run(tmp_path, tiny_backbone, data_root):
 
 
 def test_external_plugin_tool_is_added_trained_and_called(install, tmp_path, tiny_backbone, data_root, base_run):
-    from toolken_plus.infer_recipe import load_agent
+    from toolken_plus.infer.recipe import load_agent
 
     install(weather_distribution)
     train = _write_jsonl(tmp_path / "weather.jsonl", weather_examples(8))
@@ -174,7 +173,7 @@ def test_external_plugin_tool_is_added_trained_and_called(install, tmp_path, tin
     assert torch.equal(new_t["rerank.weight"][:4], old_t["rerank.weight"][:4])
     assert torch.equal(new_t["rerank.weight"][5], old_t["rerank.weight"][4])  # Reject stays last
     assert torch.equal(new_t["rerank.weight"][4], new_t["toolken.weight"][4])  # initialised from the new toolken
-    from toolken_plus.rerank import build_reranker  # the Toolken+ reranker accepts the enlarged W_r
+    from toolken_plus.rerank.base import build_reranker  # the Toolken+ reranker accepts the enlarged W_r
 
     reranker = build_reranker({"name": "llm", "k": 2}, tiny_backbone, new, {n: f"doc of {n}" for n in new.tool_names})
     assert torch.equal(reranker.weight, new_t["rerank.weight"])
@@ -215,7 +214,7 @@ def test_train_py_adds_a_plugin_tool_from_the_command_line(tmp_path, data_root):
     """The documented spelling, as a user runs it: train.py … checkpoint=… tools.add=[…]."""
     site = weather_distribution(tmp_path / "site")
     env = {**os.environ, "TOOLKEN_PLUS_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1",
-           "WANDB_MODE": "disabled", "PYTHONPATH": str(site)}
+           "WANDB_MODE": "disabled", "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
 
     def train(*args):
         proc = subprocess.run([sys.executable, str(PROJECT_ROOT / "train.py"), "model=tiny_random",

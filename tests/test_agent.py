@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from toolken_plus.agent import Agent, AgentConfig, _closing_paren, _stop_at
+from toolken_plus.adapter.head import ToolkenHead
 from toolken_plus.backbone import cache_layers
-from toolken_plus.head import ToolkenHead
-from toolken_plus.prompts import FewShotPrompt
-from toolken_plus.registry import calculator_tools
+from toolken_plus.data.prompts import FewShotPrompt
+from toolken_plus.infer.agent import Agent, AgentConfig, _closing_paren, _stop_at
+from toolken_plus.tasks.gsm8k import calculator_tools
 
 QUESTIONS = ["Tom has 3 apples and buys 4 more. How many?", "A car drives 60 miles per hour for 2 hours.",
              "Sam had 10 cookies and ate 3.", "What is 5 times 6?", "Zoe splits 12 pens among 4 kids."]
@@ -42,7 +42,7 @@ def test_batched_decoding_equals_one_by_one(tiny_backbone, tools, prompt, bias):
 def test_sharing_the_prompt_prefix_changes_no_trace(tiny_backbone, tools, prompt, monkeypatch):
     """Rows reading the few-shot prefix's KV in place decode what rows holding
     their own copy of it decode."""
-    from toolken_plus.shared_prefix import _SUPPORTED, supports_shared_prefix
+    from toolken_plus.kv.shared_prefix import _SUPPORTED, supports_shared_prefix
 
     agent = _agent(tiny_backbone, tools, prompt, logit_bias=4.0, batch_size=3, max_arg_tokens=6)
     assert supports_shared_prefix(tiny_backbone)
@@ -198,7 +198,7 @@ def test_batched_prefill_equals_separate_prefills(tiny_backbone, tools, prompt):
 
 
 def test_prefill_groups_jobs_of_similar_length(tiny_backbone, monkeypatch):
-    import toolken_plus.kv as kv
+    import toolken_plus.kv.rows as kv
 
     layers, n = kv.prefix_row(tiny_backbone, tiny_backbone.tokenizer("Question: some words", add_special_tokens=False)["input_ids"])
     lengths = [3, 40, 2, 45, 4]
@@ -213,7 +213,7 @@ def test_prefill_groups_jobs_of_similar_length(tiny_backbone, monkeypatch):
 
 
 def test_batch_cache_width_stays_bounded(tiny_backbone):
-    from toolken_plus.agent import _BatchCache
+    from toolken_plus.infer.agent import _BatchCache
 
     tok = tiny_backbone.tokenizer
     ids = tok("Question: a few words here to make a context", add_special_tokens=False)["input_ids"]
@@ -234,7 +234,7 @@ def test_batch_cache_width_stays_bounded(tiny_backbone):
 def _llm_reranker(backbone, head, tools, reject: bool):
     """An LLMReranker whose Reject row is set, per decision, to ±g·1e4: Reject
     then always wins (reject=True) or always loses, whatever g is."""
-    from toolken_plus.rerank import LLMReranker, init_rerank_weight
+    from toolken_plus.rerank.base import LLMReranker, init_rerank_weight
 
     class Scripted(LLMReranker):
         def decide_from_states(self, g, cands):

@@ -6,18 +6,18 @@ import logging
 from pathlib import Path
 
 import pytest
+from fake_plugins import install, weather_distribution  # noqa: F401 (fixture)
 from omegaconf import OmegaConf
 
-import toolken_plus.agent as agent_module
+import toolken_plus.infer.agent as agent_module
 from toolken_plus import tool
-from toolken_plus.agent import Agent, AgentConfig
-from toolken_plus.head import ToolkenHead
-from toolken_plus.isolation import ProcessRunner
-from toolken_plus.plugins import discover_tools
-from toolken_plus.prompts import FewShotPrompt
-from toolken_plus.registry import ToolDefinitionError, calculator_tools
-
-from fake_plugins import install, weather_distribution  # noqa: F401 (fixture)
+from toolken_plus.adapter.head import ToolkenHead
+from toolken_plus.data.prompts import FewShotPrompt
+from toolken_plus.infer.agent import Agent, AgentConfig
+from toolken_plus.tasks.gsm8k import calculator_tools
+from toolken_plus.tools.isolation import ProcessRunner
+from toolken_plus.tools.plugins import discover_tools
+from toolken_plus.tools.registry import ToolDefinitionError
 
 QUESTIONS = ["Tom has 3 apples and buys 4 more. How many?", "A car drives 60 miles per hour for 2 hours.",
              "Sam had 10 cookies and ate 3.", "What is 5 times 6?", "Zoe splits 12 pens among 4 kids."]
@@ -110,7 +110,7 @@ def test_a_long_result_is_cut_before_the_tokenizer_sees_it(tiny_backbone, prompt
 
 
 def test_agent_config_and_infer_yaml_carry_the_new_options():
-    from toolken_plus.infer_recipe import agent_config
+    from toolken_plus.infer.recipe import agent_config
 
     cfg = agent_config({"agent": {"max_result_chars": 50, "isolation": "process", "tool_memory_mb": 512}})
     assert (cfg.max_result_chars, cfg.isolation, cfg.tool_memory_mb) == (50, "process", 512)
@@ -167,7 +167,7 @@ def test_a_question_longer_than_the_context_is_cut_keeping_its_end(tiny_backbone
     long_q = "Tom went to the market. " + "He saw many stalls with fruit and vegetables. " * 500 + asked
     assert len(agent._encode(long_q)) > 2 * limit
     jobs = _prefilled(agent, monkeypatch)
-    with caplog.at_level(logging.WARNING, logger="toolken_plus.agent"):
+    with caplog.at_level(logging.WARNING, logger="toolken_plus.infer.agent"):
         cut, short = agent.run_batch([long_q, QUESTIONS[0]])
     assert "of 2 questions: 1 cut to fit the model's context" in caplog.text
     assert cut.question == long_q and cut.finish_reason in {"length", "eos", "answer"}

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from toolken_plus.answers import extract_answer, is_correct
+from toolken_plus.tasks.answers import extract_answer, is_correct
 
 
 @pytest.mark.parametrize(

@@ -2,10 +2,9 @@
 
 import pytest
 import torch
+from conftest import SMOL_TOKENIZER
 
 from toolken_plus.backbone import build_backbone, load_backbone, resolve_gguf_path, tiny_random_backbone
-
-from conftest import SMOL_TOKENIZER
 
 
 def test_tiny_random_is_frozen_and_deterministic(smol_tokenizer):

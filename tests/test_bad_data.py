@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from toolken_plus.jsonl import JsonlStats, read_json_or_jsonl, read_jsonl
+from toolken_plus.data.examples import DataError
+from toolken_plus.data.jsonl import JsonlStats, read_json_or_jsonl, read_jsonl
 from toolken_plus.tasks import metatool
-from toolken_plus.tasks.base import DataError
 from toolken_plus.tasks.gsm8k import TOOLS, Gsm8kStats, load_call_jsonl, load_gsm8k, load_gsm8k_xl_test, load_tecton_val
 
 GOOD_XL = {"question": "What is {v_1} plus 2?", "v": [1.0], "enhanced_v": [40.0], "enhanced_result": 42.0}
@@ -37,7 +37,7 @@ def write_lines(tmp_path: Path, name: str, lines: list) -> Path:
 def test_tolerant_jsonl_skips_a_bad_line_naming_it_and_strict_raises(tmp_path, caplog, bad, reason):
     path = write_lines(tmp_path, "rows.jsonl", [{"a": 1}, bad, {"a": 3}])
     stats = JsonlStats()
-    with caplog.at_level(logging.WARNING, logger="toolken_plus.jsonl"):
+    with caplog.at_level(logging.WARNING, logger="toolken_plus.data.jsonl"):
         rows = list(read_jsonl(path, stats=stats))
     assert [line for line, _ in rows] == [1, 3] and stats == JsonlStats(read=2, skipped=1)
     (message,) = [r.getMessage() for r in caplog.records]

@@ -1,11 +1,10 @@
 """Feature cache: correct reductions, keyed reuse, length batching."""
 
 import torch
-
-from toolken_plus.cache import build_feature_cache, cache_key, length_batches
-from toolken_plus.encoding import IGNORE, encode_examples
-
 from helpers import SAMPLES, TOOL_INDEX
+
+from toolken_plus.data.encoding import IGNORE, encode_examples
+from toolken_plus.train.cache import build_feature_cache, cache_key, length_batches
 
 
 def test_reductions_match_a_direct_forward(tiny_backbone, cache_root):

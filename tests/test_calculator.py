@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from toolken_plus.toolcall import call_with_timeout, coerce_arguments, parse_arguments
+from toolken_plus.tools.calls import call_with_timeout, coerce_arguments, parse_arguments
 from toolken_plus_tools.calculator import (
     DEMO_FILES,
     TOOLS,

@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from toolken_plus.compare import table
-from toolken_plus.evaluate import false_positive_calls
+from toolken_plus.cli.compare import table
+from toolken_plus.infer.evaluate import false_positive_calls
 
 
 def _run(tmp_path, name, **metrics):
@@ -32,8 +32,8 @@ def test_false_positive_calls_is_the_multiset_excess():
 
 
 def test_score_counts_rerank_rejects_and_changed_tools():
-    from toolken_plus.agent import AgentResult
-    from toolken_plus.evaluate import metrics_from_rows, prediction_row
+    from toolken_plus.infer.agent import AgentResult
+    from toolken_plus.infer.evaluate import metrics_from_rows, prediction_row
 
     reranks = [{"candidates": ["add", "multiply"], "chosen": None},      # Reject
                {"candidates": ["add", "multiply"], "chosen": "multiply"},  # changed

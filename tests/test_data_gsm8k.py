@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from toolken_plus.tasks.base import DataError, Example, ToolCall
+from toolken_plus.data.examples import DataError, Example, ToolCall
 from toolken_plus.tasks.gsm8k import (
     DROP_REASONS,
     PROMPT_QUESTION,

@@ -2,11 +2,10 @@
 
 import numpy as np
 import pytest
-
-from toolken_plus.encoding import IGNORE, VOCAB, encode_example
-from toolken_plus.tasks.base import Example
-
 from helpers import SAMPLES, TOOL_INDEX
+
+from toolken_plus.data.encoding import IGNORE, VOCAB, encode_example
+from toolken_plus.data.examples import Example
 
 
 @pytest.mark.parametrize("tok_name", ["smol_tokenizer", "bert_tokenizer"])

@@ -3,14 +3,13 @@
 import json
 
 import pytest
+from conftest import run_entry_point
+from test_train_entrypoint import TINY, _compose
 
 from toolken_plus.backbone import build_backbone
 from toolken_plus.config import to_dict
-from toolken_plus.infer_recipe import load_agent
-from toolken_plus.recipe import TrainToolkensRecipe
-
-from conftest import run_entry_point
-from test_train_entrypoint import TINY, _compose
+from toolken_plus.infer.recipe import load_agent
+from toolken_plus.train.recipe import TrainToolkensRecipe
 
 
 @pytest.fixture(scope="module")

@@ -1,11 +1,10 @@
 """The real default backbone end to end (slow: `make test-slow`)."""
 
 import pytest
-
-from toolken_plus.infer_recipe import load_agent
-from toolken_plus.recipe import TrainToolkensRecipe
-
 from test_train_entrypoint import _compose
+
+from toolken_plus.infer.recipe import load_agent
+from toolken_plus.train.recipe import TrainToolkensRecipe
 
 pytestmark = pytest.mark.slow
 
@@ -36,10 +35,10 @@ def test_smollm2_rerank_state_with_reused_kv_equals_full_forward(data_root):
     import torch
 
     from toolken_plus.backbone import SMOLLM2_135M, build_backbone
-    from toolken_plus.kv import prefix_row
-    from toolken_plus.prompts import FewShotPrompt
-    from toolken_plus.registry import calculator_tools
-    from toolken_plus.rerank import LLMReranker, RerankQuery, init_rerank_weight
+    from toolken_plus.data.prompts import FewShotPrompt
+    from toolken_plus.kv.rows import prefix_row
+    from toolken_plus.rerank.base import LLMReranker, RerankQuery, init_rerank_weight
+    from toolken_plus.tasks.gsm8k import calculator_tools
 
     backbone = build_backbone(SMOLLM2_135M)
     tools = calculator_tools(data_root)
@@ -61,16 +60,16 @@ def test_smollm2_rows_share_the_few_shot_prefix(data_root):
     import torch
 
     from toolken_plus.backbone import SMOLLM2_135M, build_backbone
-    from toolken_plus.kv import prefill_rows, shared_prefix
-    from toolken_plus.prompts import FewShotPrompt
-    from toolken_plus.shared_prefix import supports_shared_prefix
+    from toolken_plus.data.prompts import FewShotPrompt
+    from toolken_plus.kv.rows import make_prefix, prefill_rows
+    from toolken_plus.kv.shared_prefix import supports_shared_prefix
 
     backbone = build_backbone(SMOLLM2_135M)
     assert supports_shared_prefix(backbone)  # else every batched row would carry a copy of the prompt
     tok = backbone.tokenizer
     prompt = FewShotPrompt.from_file(data_root / "gsm8k-xl" / "template" / "llama_general.txt")
     prefix_ids = tok(prompt.prefix, add_special_tokens=False)["input_ids"]
-    prefix = shared_prefix(backbone, prefix_ids)
+    prefix = make_prefix(backbone, prefix_ids)
     parts = [tok(prompt.question_part(q), add_special_tokens=False)["input_ids"]
              for q in ("Natalia sold 48 clips in April and half as many in May.", "What is 5 times 6?")]
     out = prefill_rows(backbone, [(None, 0, ids, prefix) for ids in parts])

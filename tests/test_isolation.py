@@ -9,13 +9,12 @@ import time
 from pathlib import Path
 
 import pytest
+from fake_plugins import make_distribution
 
 from toolken_plus import tool
-from toolken_plus.isolation import ProcessRunner, ThreadRunner, make_runners
-from toolken_plus.plugins import discover_tools
-from toolken_plus.registry import ToolDefinitionError
-
-from fake_plugins import make_distribution
+from toolken_plus.tools.isolation import ProcessRunner, ThreadRunner, make_runners
+from toolken_plus.tools.plugins import discover_tools
+from toolken_plus.tools.registry import ToolDefinitionError
 
 HOSTILE_MODULE = '''
 import os
@@ -202,7 +201,7 @@ def test_a_tool_that_cannot_be_recreated_in_a_worker_is_a_clear_error():
 
 
 def test_module_level_tools_run_in_process_mode(data_root):
-    from toolken_plus.registry import calculator_tools
+    from toolken_plus.tasks.gsm8k import calculator_tools
 
     made = make_runners(calculator_tools(data_root), "process", timeout=2.0, max_chars=300, memory_mb=256)
     try:
@@ -233,8 +232,8 @@ def test_close_leaves_no_worker_behind(runners):
 def test_the_exit_handler_ends_a_busy_worker_of_a_runner_never_closed(tmp_path):
     """The program ends while a call still runs: its worker must not run on."""
     script = (f"import sys, threading, time; sys.path.insert(0, {str(tmp_path / 'site')!r})\n"
-              "from toolken_plus.plugins import discover_tools\n"
-              "from toolken_plus.isolation import make_runners\n"
+              "from toolken_plus.tools.plugins import discover_tools\n"
+              "from toolken_plus.tools.isolation import make_runners\n"
               "r = make_runners({t.name: t for t in discover_tools()}, 'auto', timeout=600, max_chars=50, memory_mb=256)\n"
               "print(r['worker_pid'].call([]).value, flush=True)\n"
               "threading.Thread(target=r['hold_gil'].call, args=([8],), daemon=True).start()\n"
@@ -254,7 +253,7 @@ def test_the_exit_handler_ends_a_busy_worker_of_a_runner_never_closed(tmp_path):
 
 def test_the_worker_imports_no_torch():
     """A worker stays light: what it imports is toolken_plus's registry side, not the model stack."""
-    code = ("import sys, toolken_plus.isolation, toolken_plus.plugins; "
+    code = ("import sys, toolken_plus.tools.isolation, toolken_plus.tools.plugins; "
             "print(sorted(m for m in ('torch', 'transformers', 'numpy') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "[]", out.stderr

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from toolken_plus.jsonl import JsonlStats, read_json_or_jsonl, read_jsonl
-from toolken_plus.tasks.base import DataError
+from toolken_plus.data.examples import DataError
+from toolken_plus.data.jsonl import JsonlStats, read_json_or_jsonl, read_jsonl
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"data folder {DATA} not present")
@@ -32,7 +32,7 @@ def test_yields_line_numbers_and_skips_blank_lines_silently(tmp_path, caplog):
 def test_malformed_lines_are_logged_with_line_number_skipped_and_counted(tmp_path, caplog):
     path = write(tmp_path, "bad.jsonl", '{"a": 1}\n{"a": \n[1, 2]\n{"a": 4}\n')
     stats = JsonlStats()
-    with caplog.at_level(logging.WARNING, logger="toolken_plus.jsonl"):
+    with caplog.at_level(logging.WARNING, logger="toolken_plus.data.jsonl"):
         rows = list(read_jsonl(path, stats=stats))
     assert [line for line, _ in rows] == [1, 4]
     assert stats == JsonlStats(read=2, skipped=2)

@@ -1,13 +1,12 @@
 """The factorised loss on cached features equals ToolkenGPT's full CE."""
 
 import torch
-
-from toolken_plus.cache import build_feature_cache
-from toolken_plus.encoding import IGNORE, encode_examples
-from toolken_plus.head import ToolkenHead
-from toolken_plus.losses import factorized_toolken_loss, full_toolken_loss
-
 from helpers import SAMPLES, TOOL_INDEX, TOOLS
+
+from toolken_plus.adapter.head import ToolkenHead
+from toolken_plus.data.encoding import IGNORE, encode_examples
+from toolken_plus.train.cache import build_feature_cache
+from toolken_plus.train.losses import factorized_toolken_loss, full_toolken_loss
 
 
 def _full_loss(backbone, encoded, head):

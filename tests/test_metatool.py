@@ -6,13 +6,13 @@ import json
 import pytest
 import torch
 
-from toolken_plus.cache import build_feature_cache
-from toolken_plus.choice_eval import choice_metrics
-from toolken_plus.encoding import IGNORE, VOCAB
-from toolken_plus.recipe import TrainToolkensRecipe
-from toolken_plus.taskdata import metatool_split
+from toolken_plus.data.encoding import IGNORE, VOCAB
+from toolken_plus.data.examples import DataError
+from toolken_plus.infer.choice import choice_metrics
 from toolken_plus.tasks import metatool
-from toolken_plus.tasks.base import DataError
+from toolken_plus.tasks.loading import metatool_split
+from toolken_plus.train.cache import build_feature_cache
+from toolken_plus.train.recipe import TrainToolkensRecipe
 
 TASK = {"name": "metatool", "data_file": "metatool/data/all_clean_data.csv", "docs_file": "metatool/plugin_des.json",
         "awareness_file": "metatool/tmp_dataset/Task1.json", "val_frac": 0.1, "test_frac": 0.1, "split_seed": 0}
@@ -128,13 +128,13 @@ def test_choice_metrics():
 
 @pytest.mark.parametrize("reranker", ["llm", "embedding"])
 def test_train_and_infer_metatool_end_to_end(tiny_backbone, data_root, tmp_path, reranker, monkeypatch):
-    from toolken_plus import choice_eval
-    from toolken_plus.embedder import HashEmbedder
-    from toolken_plus.head import ToolkenHead
-    from toolken_plus.rerank import build_reranker
+    from toolken_plus.adapter.head import ToolkenHead
+    from toolken_plus.infer import choice as choice_eval
+    from toolken_plus.rerank.base import build_reranker
+    from toolken_plus.rerank.embedder import HashEmbedder
 
     if reranker == "embedding":  # the MiniLM model is tested elsewhere; keep this fast
-        monkeypatch.setattr("toolken_plus.embedder.SentenceEmbedder", lambda *a, **k: HashEmbedder())
+        monkeypatch.setattr("toolken_plus.rerank.embedder.SentenceEmbedder", lambda *a, **k: HashEmbedder())
     rcfg = {"name": reranker, "k": 3, "max_train": 80, "max_val": 40, "epochs": 2, "state_batch": 8}
     cfg = {"seed": 0, "cache_dir": str(tmp_path / "cache"), "task": TASK, "reranker": rcfg,
            "data": {"root": str(data_root), "limit_train": 80, "limit_eval": 40, "max_length": 128},

@@ -10,13 +10,20 @@ from importlib.metadata import entry_points
 from pathlib import Path
 
 import pytest
+from fake_plugins import (  # noqa: F401
+    WEATHER_DOC,
+    bad_distribution,
+    clash_distribution,
+    exiting_distribution,
+    install,
+    interrupt_distribution,
+    weather_distribution,
+)
 
-from toolken_plus.head import CONFIG_NAME, ToolkenHead
-from toolken_plus.plugins import GROUP, ToolConflictError, UnknownToolError, checkpoint_tools, discover_tools
-from toolken_plus.registry import calculator_tools, doc_hash
-
-from fake_plugins import (WEATHER_DOC, bad_distribution, clash_distribution, exiting_distribution,  # noqa: F401
-                          install, interrupt_distribution, weather_distribution)
+from toolken_plus.adapter.head import ToolkenHead, checkpoint_tools
+from toolken_plus.tasks.gsm8k import calculator_tools
+from toolken_plus.tools.plugins import GROUP, ToolConflictError, UnknownToolError, discover_tools
+from toolken_plus.tools.registry import doc_hash
 
 CALCULATOR = ["add", "subtract", "multiply", "divide"]
 PROMPT = "Answer the question.\n\nQuestion: [QUESTION]\nAnswer:"
@@ -25,7 +32,7 @@ PROMPT = "Answer the question.\n\nQuestion: [QUESTION]\nAnswer:"
 def _cli(args, pythonpath: Path | None = None):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     if pythonpath:
-        env["PYTHONPATH"] = str(pythonpath)
+        env["PYTHONPATH"] = os.pathsep.join([str(pythonpath), os.environ.get("PYTHONPATH", "")])
     exe = Path(sys.executable).with_name("toolken-plus")
     return subprocess.run([str(exe), *args], capture_output=True, text=True, env=env, timeout=120)
 
@@ -96,7 +103,7 @@ def test_checkpoint_needing_a_tool_of_an_exiting_plugin_names_the_plugin(install
     install(exiting_distribution)
     checkpoint = tmp_path / "run"
     checkpoint.mkdir()
-    (checkpoint / CONFIG_NAME).write_text(json.dumps({"tools": [{"name": "add"}, {"name": "quit_tool"}]}))
+    ToolkenHead(["add", "quit_tool"], 8).save(checkpoint)
     with pytest.raises(UnknownToolError) as err:
         checkpoint_tools(checkpoint)
     msg = str(err.value)
@@ -162,7 +169,7 @@ def test_cli_reports_a_plugin_that_exits_and_still_lists_the_others(tmp_path):
 
 
 def test_agent_names_a_missing_plugin(tmp_path, tiny_backbone, data_root):
-    from toolken_plus.infer_recipe import load_agent
+    from toolken_plus.infer.recipe import load_agent
 
     ToolkenHead(["add", "weather"], tiny_backbone.hidden_size).save(tmp_path, backbone=tiny_backbone)
     with pytest.raises(UnknownToolError, match="no registered tool 'weather'.*toolken-plus tools"):

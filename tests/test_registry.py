@@ -5,9 +5,10 @@ from pathlib import Path
 import pytest
 
 from toolken_plus import Tool, ToolPack, tool
-from toolken_plus.plugins import ToolRegistry, Origin, discover_tools, tools_of
-from toolken_plus.registry import ToolDefinitionError, calculator_tools, doc_hash
-from toolken_plus.toolcall import coerce_arguments, parse_arguments
+from toolken_plus.tasks.gsm8k import calculator_tools
+from toolken_plus.tools.calls import coerce_arguments, parse_arguments
+from toolken_plus.tools.plugins import Origin, ToolRegistry, discover_tools, tools_of
+from toolken_plus.tools.registry import ToolDefinitionError, doc_hash
 
 
 def test_tool_reads_name_doc_and_signature():
@@ -119,7 +120,7 @@ def test_calculator_tools_keep_their_docs_and_demos(data_root):
 
 
 def test_call_example_runs_the_tool_and_records_the_span():
-    from toolken_plus.examples import call_example
+    from toolken_plus.tools.examples import call_example
 
     @tool
     def c_to_f(celsius: float) -> str:

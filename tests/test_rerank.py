@@ -1,16 +1,22 @@
 """Stage 2 (Toolken+): candidates, the masked softmax, the doc-block pass
 with prefix reuse, mining, W_r training and threshold calibration."""
 
-import numpy as np
-import pytest
 import torch
 
-from toolken_plus.embedder import HashEmbedder
-from toolken_plus.kv import crop_row, prefix_row
-from toolken_plus.rerank import (EmbeddingReranker, LLMReranker, NoReranker, RerankQuery, candidate_mask,
-                                 candidates, doc_block, init_rerank_weight, masked_scores)
-from toolken_plus.rerank_train import (RerankSet, calibrate_threshold, mine, rerank_metrics, subsample,
-                                       train_rerank_weight)
+from toolken_plus.kv.rows import crop_row, prefix_row
+from toolken_plus.rerank.base import (
+    EmbeddingReranker,
+    LLMReranker,
+    NoReranker,
+    RerankQuery,
+    candidate_mask,
+    candidates,
+    doc_block,
+    init_rerank_weight,
+    masked_scores,
+)
+from toolken_plus.rerank.embedder import HashEmbedder
+from toolken_plus.train.rerank_fit import RerankSet, calibrate_threshold, mine, rerank_metrics, subsample, train_rerank_weight
 
 TOOLS = ["add", "subtract", "multiply", "divide"]
 DOCS = {"add": "adds two numbers", "subtract": "subtracts the second number from the first",
@@ -155,7 +161,7 @@ def test_hash_embedder_is_deterministic_and_unit_norm():
 
 
 def test_empty_prefix_row_extends_like_a_fresh_forward(tiny_backbone):
-    from toolken_plus.kv import prefill_rows
+    from toolken_plus.kv.rows import prefill_rows
 
     layers, n = prefix_row(tiny_backbone, [])
     ids = tiny_backbone.tokenizer("What is 2 plus 3?", add_special_tokens=False)["input_ids"]

@@ -11,18 +11,17 @@ import time
 
 import pytest
 import torch
-
-from toolken_plus.cache import build_feature_cache
-from toolken_plus.encoding import encode_examples
-from toolken_plus.head import WEIGHTS_NAME, CheckpointError, ToolkenHead
-from toolken_plus.recipe import TrainToolkensRecipe
-from toolken_plus.rundir import RunDirBusy, RunDirLock, atomic_write, remove_stale_temps
-from toolken_plus.trainer import STATE_NAME, ResumeMismatch, ToolkenTrainer, TrainerConfig
-from toolken_plus.validation import ConfigError, config_problems, validate_config
-
 from conftest import run_entry_point
 from helpers import SAMPLES, TOOL_INDEX, TOOLS
 from test_train_entrypoint import TINY, _compose
+
+from toolken_plus.adapter.head import WEIGHTS_NAME, CheckpointError, ToolkenHead
+from toolken_plus.config.validation import ConfigError, config_problems, validate_config
+from toolken_plus.data.encoding import encode_examples
+from toolken_plus.rundir import RunDirBusy, RunDirLock, atomic_write, remove_stale_temps
+from toolken_plus.train.cache import build_feature_cache
+from toolken_plus.train.recipe import TrainToolkensRecipe
+from toolken_plus.train.trainer import STATE_NAME, ResumeMismatch, ToolkenTrainer, TrainerConfig
 
 
 def _cache(backbone, root):
@@ -247,7 +246,7 @@ def test_training_data_whose_only_call_is_truncated_away_is_an_error(tiny_backbo
 # ------------------------------------------------------- predictions on disk
 
 def test_predictions_are_appended_as_they_come_and_resumed(tmp_path):
-    from toolken_plus.predictions import PredictionLog, PredictionsMismatch
+    from toolken_plus.infer.predictions import PredictionLog, PredictionsMismatch
 
     items = [{"id": f"q{i}"} for i in range(4)]
     log = PredictionLog(tmp_path, {"setting": "a"})
@@ -274,7 +273,7 @@ def test_predictions_are_appended_as_they_come_and_resumed(tmp_path):
 
 
 def test_fingerprint_ignores_what_does_not_change_answers(tmp_path):
-    from toolken_plus.predictions import settings_fingerprint
+    from toolken_plus.infer.predictions import settings_fingerprint
 
     cfg = {"agent": {"batch_size": 16, "show": 3, "logit_bias": 1.0}, "data": {"limit_eval": 5, "eval_file": "x"}}
     same = {"agent": {"batch_size": 4, "show": 0, "logit_bias": 1.0}, "data": {"limit_eval": 50, "eval_file": "x"}}
@@ -283,10 +282,10 @@ def test_fingerprint_ignores_what_does_not_change_answers(tmp_path):
 
 
 def test_an_interrupted_evaluation_resumes_where_it_stopped(tiny_backbone, data_root, tmp_path):
-    from toolken_plus.agent import Agent, AgentConfig
-    from toolken_plus.evaluate import evaluate
-    from toolken_plus.prompts import FewShotPrompt
-    from toolken_plus.registry import calculator_tools
+    from toolken_plus.data.prompts import FewShotPrompt
+    from toolken_plus.infer.agent import Agent, AgentConfig
+    from toolken_plus.infer.evaluate import evaluate
+    from toolken_plus.tasks.gsm8k import calculator_tools
 
     tools = calculator_tools(data_root)
     prompt = FewShotPrompt.from_file(data_root / "gsm8k-xl" / "template" / "llama_general.txt")

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from toolken_plus import kv
-from toolken_plus.agent import _BatchCache
 from toolken_plus.backbone import tiny_random_backbone
-from toolken_plus.shared_prefix import _SUPPORTED, supports_shared_prefix
+from toolken_plus.infer.agent import _BatchCache
+from toolken_plus.kv.shared_prefix import _SUPPORTED, supports_shared_prefix
 
 PREFIXES = ["Question: 1 + 2? Answer: 3\n\n", "A longer prompt prefix, with a demo: <add>(3, 4)=7 and more words\n\n"]
 # (which prefix, the row's own text); rows on the same prefix are not adjacent
@@ -27,7 +27,7 @@ def _ids(bb, text):
 
 
 def _first_prefill(bb):
-    prefixes = [kv.shared_prefix(bb, _ids(bb, t)) for t in PREFIXES]
+    prefixes = [kv.make_prefix(bb, _ids(bb, t)) for t in PREFIXES]
     jobs = [(None, 0, _ids(bb, text), None if p is None else prefixes[p]) for p, text in ROWS]
     return jobs, kv.prefill_rows(bb, jobs)
 
@@ -82,7 +82,7 @@ def test_backbones_it_does_not_fit_copy_the_prefix_instead(smol_tokenizer, monke
     from transformers import AttentionInterface
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    from toolken_plus.shared_prefix import ATTENTION_NAME, _register
+    from toolken_plus.kv.shared_prefix import ATTENTION_NAME, _register
 
     windowed = tiny_random_backbone(smol_tokenizer, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, seed=5)
     windowed.model.config.sliding_window = 4  # a window would not see a shared prefix the same way
@@ -94,7 +94,7 @@ def test_backbones_it_does_not_fit_copy_the_prefix_instead(smol_tokenizer, monke
     monkeypatch.setitem(AttentionInterface._global_mapping, ATTENTION_NAME,
                         lambda m, q, k, v, mask, shared_prefix=None, **kw: sdpa_attention_forward(m, q, k, v, None, **kw))
     assert not supports_shared_prefix(bb)
-    prefix = kv.shared_prefix(bb, _ids(bb, PREFIXES[1]))
+    prefix = kv.make_prefix(bb, _ids(bb, PREFIXES[1]))
     (_, n, hidden), _ = kv.prefill_rows(bb, [(None, 0, _ids(bb, "Q: 5 pens"), prefix), (None, 0, _ids(bb, "x"), prefix)])
     full, _ = bb.final_hidden(torch.tensor([_ids(bb, PREFIXES[1]) + _ids(bb, "Q: 5 pens")]))
     assert n == len(_ids(bb, "Q: 5 pens"))

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from toolken_plus.toolcall import (
+from toolken_plus.tools.calls import (
     MAX_CHARS,
     ToolArgumentError,
     ToolOutcome,

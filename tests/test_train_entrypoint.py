@@ -2,13 +2,11 @@
 
 import json
 
-import pytest
+from conftest import run_entry_point
 from hydra import compose, initialize_config_dir
 
 from toolken_plus.config import CONFIG_DIR
-from toolken_plus.recipe import TrainToolkensRecipe
-
-from conftest import run_entry_point
+from toolken_plus.train.recipe import TrainToolkensRecipe
 
 TINY = ["experiment=gsm8k_xl", "model=tiny_random", "data.limit_train=24", "data.limit_eval=12",
         "trainer.epochs=2", "trainer.progress=false", "logger=none"]

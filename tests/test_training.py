@@ -1,13 +1,12 @@
 """Stage-1 training: only W_τ moves, checkpoints resume exactly."""
 
 import torch
-
-from toolken_plus.cache import build_feature_cache
-from toolken_plus.encoding import encode_examples
-from toolken_plus.head import ToolkenHead
-from toolken_plus.trainer import CachedFeatures, ToolkenTrainer, TrainerConfig, calibrate_head_bias, evaluate_head
-
 from helpers import SAMPLES, TOOL_INDEX, TOOLS
+
+from toolken_plus.adapter.head import ToolkenHead
+from toolken_plus.data.encoding import encode_examples
+from toolken_plus.train.cache import build_feature_cache
+from toolken_plus.train.trainer import CachedFeatures, ToolkenTrainer, TrainerConfig, calibrate_head_bias, evaluate_head
 
 
 def _cache(backbone, root):

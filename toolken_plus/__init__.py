@@ -11,7 +11,7 @@ Each tool is a *toolken*, a trainable embedding beside the frozen LM head
         return f"{celsius * 9 / 5 + 32:g}"
 """
 
-from .registry import Tool, ToolPack, tool
+from toolken_plus.tools.registry import Tool, ToolPack, tool
 
 __all__ = ["Tool", "ToolPack", "tool"]
 __version__ = "0.1.0"

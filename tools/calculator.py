@@ -10,34 +10,19 @@ from its code: ``-0`` prints as ``0``, and large floats are expanded exactly
 
 The tools want at least two numbers; ToolkenGPT would also accept one.  Errors
 (division by zero, overflow, too few numbers) raise; the caller runs tools
-through ``toolken_plus.toolcall.call_with_timeout``, which records them.
+through ``toolken_plus.tools.calls.call_with_timeout``, which records them.
 """
 
 import inspect
-import math
+import json
 import operator
 from decimal import Decimal
 from functools import reduce
 from pathlib import Path
 
-from toolken_plus.prompts import FewShotPrompt
-from toolken_plus.registry import Tool, ToolPack, tecton_docs
-
-
-def toolkengpt_round(x: float, places: int = 2) -> float:
-    """Round like ToolkenGPT's ``custom_round``: to ``places`` decimals, except that a
-    number whose 10-decimal text starts ``0.0`` keeps two significant digits
-    (0.0333 -> 0.033, 0.00000233 -> 0.0000023).  Because the test is on that text,
-    negative numbers (``-0.0…``) always get plain rounding, as in ToolkenGPT."""
-    if isinstance(x, int):
-        return x  # rounding is the identity; formatting a huge int as float would overflow
-    if not math.isfinite(x):
-        raise ValueError("non-finite result")
-    text = f"{x:.10f}"
-    if text.startswith("0.0"):
-        zeros = len(text) - 2 - len(text[2:].lstrip("0"))
-        return round(x, zeros + 2)
-    return round(x, places)
+from toolken_plus.data.prompts import FewShotPrompt
+from toolken_plus.tasks.answers import toolkengpt_round
+from toolken_plus.tools.registry import Tool, ToolPack
 
 
 def format_number(x: float) -> str:
@@ -116,6 +101,14 @@ def tools(data_root: Path | None = None, *, require_demos: bool = False) -> list
             raise FileNotFoundError(f"tool-mode demos of <{name}> need data_root (gsm8k-xl/template/{DEMO_FILES[name]})")
         out.append(Tool(name, fn, docs.get(name) or inspect.getdoc(fn) or "", demos, source=__name__))
     return out
+
+
+def tecton_docs(path: Path) -> dict[str, str]:
+    """Tool docs from ToolkenGPT's `tecton_doc_dict.json` ({"<add>": {"overview", "highlevel", …}})."""
+    if not path.is_file():
+        return {}
+    raw = json.loads(path.read_text())
+    return {name.strip("<>"): " ".join(d[k] for k in ("overview", "highlevel") if k in d) for name, d in raw.items()}
 
 
 # What the entry point `calculator` of the group `toolken_plus.tools` names (pyproject.toml).

@@ -48,8 +48,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-from toolken_plus.jsonl import JsonlStats, read_jsonl, read_records
-from toolken_plus.tasks.base import DataError, Example, ToolCall
+from toolken_plus.data.examples import DataError, Example, ToolCall
+from toolken_plus.data.jsonl import JsonlStats, read_jsonl, read_records
 
 log = logging.getLogger(__name__)
 
@@ -545,3 +545,18 @@ def load_tecton_val(path: str | os.PathLike[str], limit: int | None = None) -> l
         calls = [_parse_tecton_call(where, c) for c in _list_field(where, record, "calculation")]
         items.append({"id": f"tecton-val-{index}", "question": question, "label": label, "calls": calls})
     return items
+
+
+def calculator_tools(data_root: str | os.PathLike[str] | None) -> dict:
+    """The 4 GSM8K-XL tools, found like any tool through the plugin registry
+    (the built-in `calculator` pack, toolken_plus_tools), with the tool-mode
+    demos of ToolkenGPT that GSM8K-XL needs (gsm8k-xl/template/llama_<tool>.txt)."""
+    from toolken_plus.tools.plugins import discover_tools
+
+    tools = discover_tools(data_root).resolve(TOOLS)
+    missing = [n for n, t in tools.items() if t.demo_prompt is None]
+    if missing:
+        folder = Path(data_root or "<data.root>") / "gsm8k-xl" / "template"
+        raise FileNotFoundError(f"tool-mode demos of {missing} not found: GSM8K-XL reads them from "
+                                + ", ".join(str(folder / f"llama_{n}.txt") for n in missing))
+    return tools

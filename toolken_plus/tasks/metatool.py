@@ -26,9 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..encoding import IGNORE, VOCAB, Encoded
-from ..jsonl import find_lone_surrogate, lone_surrogate_reason, read_json, read_json_or_jsonl, read_utf8
-from .base import DataError
+from toolken_plus.data.encoding import IGNORE, VOCAB, Encoded
+from toolken_plus.data.examples import DataError
+from toolken_plus.data.jsonl import find_lone_surrogate, lone_surrogate_reason, read_json, read_json_or_jsonl, read_utf8
 
 PROMPT_PREFIX = (
     "You are an assistant that can call external tools. For each user query, name the one tool "

@@ -1,0 +1,185 @@
+"""The frozen causal LM as the toolken method sees it: final hidden states
+(exactly the input of lm_head), the vocabulary head, the tokenizer, KV-cache
+objects, and linear layers tuned for the few-row products of batched decoding.
+How a Backbone is loaded is `loading.py`."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass
+class Backbone:
+    """A frozen causal LM plus its tokenizer.
+
+    `name` and `revision` identify the weights; they are written into every
+    checkpoint and into feature-cache keys, so a cache built with one backbone
+    is never read with another.
+    """
+
+    model: nn.Module
+    tokenizer: object
+    name: str
+    revision: str
+
+    @property
+    def hidden_size(self) -> int:
+        return self.model.config.hidden_size
+
+    @property
+    def lm_head(self) -> nn.Linear:
+        return self.model.get_output_embeddings()
+
+    @property
+    def vocab_size(self) -> int:
+        return self.lm_head.weight.shape[0]
+
+    def final_hidden(self, input_ids, attention_mask=None, past_key_values=None, use_cache=False):
+        """Hidden states after the final norm (exactly the input of lm_head).
+
+        Runs the decoder body only: the |V|-wide head is left to the caller,
+        which usually needs just a few reductions of it (see `cache.py`).
+        """
+        return self._body(input_ids, attention_mask, None, past_key_values, use_cache)
+
+    def step(self, input_ids, attention_mask, position_ids, cache, **attention_kwargs):
+        """Extend a (left-padded) batch by `input_ids` with explicit positions:
+        hidden states and the grown cache. `attention_kwargs` reach the
+        attention function (kv.shared_prefix passes its SharedPrefix so)."""
+        return self._body(input_ids, attention_mask, position_ids, cache, True, **attention_kwargs)
+
+    def _body(self, input_ids, attention_mask, position_ids, cache, use_cache, **attention_kwargs):
+        body = self.model.get_decoder()
+        kwargs = dict(attention_kwargs)
+        if cache is not None:
+            # transformers 5 renamed the KV-cache argument `past_key_values` → `cache`.
+            kwargs[_kv_cache_arg(body)] = cache
+        if position_ids is not None:
+            kwargs["position_ids"] = position_ids
+        out = body(input_ids=input_ids, attention_mask=attention_mask, use_cache=use_cache, **kwargs)
+        return out.last_hidden_state, (_output_cache(out) if use_cache else None)
+
+    def make_cache(self, layers: list[tuple], headroom: int = 0):
+        """A KV cache object from per-layer (keys, values) tensors [B, heads, T, dim].
+
+        headroom > 0: the layers are copied into buffers with that many free
+        positions, and each step writes its new keys there instead of
+        concatenating (a decode step then copies one column, not the whole
+        cache). Without it the tensors are adopted as they are."""
+        from transformers.cache_utils import DynamicCache
+
+        cache = DynamicCache(config=self.model.config)
+        cache_layers_ = getattr(cache, "layers", None)
+        if cache_layers_ is None or len(cache_layers_) != len(layers) or not hasattr(cache_layers_[0], "lazy_initialization"):
+            return DynamicCache(ddp_cache_data=layers, config=self.model.config)
+        appending = _appending_layer_class()
+        if headroom > 0 and all(type(layer) is appending.__base__ for layer in cache_layers_):
+            # (sliding-window layers, e.g. Gemma 3's, keep their own update)
+            cache.layers = [appending(k, v, headroom) for k, v in layers]
+            return cache
+        # Adopt the tensors as they are: DynamicCache(ddp_cache_data=…) would
+        # copy every layer once more (a cat onto an empty tensor).
+        for layer, (k, v) in zip(cache_layers_, layers):
+            layer.lazy_initialization(k, v)
+            layer.keys, layer.values = k, v
+        return cache
+
+
+@functools.cache
+def _appending_layer_class():
+    """transformers' DynamicLayer with an `update` that appends into
+    preallocated room (one copy into a new buffer every `headroom` steps).
+    `keys`/`values` stay views of the filled part, so whatever reads or writes
+    them in place works unchanged. Built on first use: transformers is
+    imported lazily."""
+    from transformers.cache_utils import DynamicLayer
+
+    class AppendingLayer(DynamicLayer):
+        def __init__(self, keys, values, headroom: int):
+            super().__init__()
+            self.headroom = headroom
+            self._adopt(keys, values, headroom)
+
+        def _adopt(self, keys, values, room: int) -> None:
+            b, h, n, d = keys.shape
+            self._k = keys.new_empty((b, h, n + room, d))
+            self._v = values.new_empty((b, h, n + room, d))
+            self._k[:, :, :n] = keys
+            self._v[:, :, :n] = values
+            self.device, self.is_initialized = keys.device, True
+            self._fill(n)
+
+        def _fill(self, n: int) -> None:
+            self.n = n
+            self.keys, self.values = self._k[:, :, :n], self._v[:, :, :n]
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            q = key_states.shape[-2]
+            if self.n + q > self._k.shape[-2]:
+                self._adopt(self.keys, self.values, max(self.headroom, q))
+            self._k[:, :, self.n : self.n + q] = key_states
+            self._v[:, :, self.n : self.n + q] = value_states
+            self._fill(self.n + q)
+            return self.keys, self.values
+
+    return AppendingLayer
+
+
+def cache_layers(cache) -> list[tuple]:
+    """Per-layer (keys, values) tensors of a KV cache (transformers 4.5x and 5.x)."""
+    if hasattr(cache, "layers"):
+        return [(layer.keys, layer.values) for layer in cache.layers]
+    return [(cache.key_cache[i], cache.value_cache[i]) for i in range(len(cache.key_cache))]
+
+
+def _output_cache(out):
+    # transformers 5 calls the returned KV cache `cache`; 4.x `past_key_values`.
+    return out["cache"] if "cache" in out else out["past_key_values"]
+
+
+def _kv_cache_arg(module: nn.Module) -> str:
+    params = inspect.signature(module.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    """The backbone is never trained: no grads, eval mode (no dropout), and
+    its linear layers switched to the matmul that is faster for a few rows."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for module in model.modules():
+        if type(module) is nn.Linear:
+            module.__class__ = FewRowsLinear  # same parameters and state dict
+    return model.eval()
+
+
+def times_transposed(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x @ weight.T for a few rows of x, computed as (weight @ x.T).T.
+
+    Same product; on this CPU (AVX2, 2 threads) PyTorch runs the second form
+    1.5-2.8x faster for 4-16 rows against the vocabulary head, and as fast for one
+    row (bench/agent_profile.py, part 3)."""
+    return (weight @ x.T).T
+
+
+class FewRowsLinear(nn.Linear):
+    """nn.Linear that multiplies 2-64 rows (a batched decode step) by
+    `times_transposed`; one row and many rows (prefill, feature caching) keep
+    F.linear, which is as fast there."""
+
+    MAX_ROWS = 64
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.numel() // x.shape[-1]
+        if not 2 <= rows <= self.MAX_ROWS:
+            return super().forward(x)
+        # contiguous: the transposed view slows every op that reads it next
+        out = times_transposed(x.reshape(rows, x.shape[-1]), self.weight).contiguous()
+        if self.bias is not None:
+            out += self.bias
+        return out.view(*x.shape[:-1], out.shape[-1])

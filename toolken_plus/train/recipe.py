@@ -1,0 +1,231 @@
+"""The stage-1 training recipe: task data → encodings → feature caches →
+toolken head → calibrated bias → checkpoint + metrics in the run dir.
+
+`train.py` is a thin Hydra wrapper around `TrainToolkensRecipe`; tests and
+notebooks call it directly with a plain dict config.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from toolken_plus.adapter.head import ToolkenHead
+from toolken_plus.backbone import Backbone, build_backbone
+from toolken_plus.config import to_dict
+from toolken_plus.config.validation import validate_config
+from toolken_plus.data.encoding import encode_examples
+from toolken_plus.rundir import RunDirLock, atomic_write
+from toolken_plus.tasks.loading import TaskData, load_task_data
+from toolken_plus.train.add_tools import ToolAddition
+from toolken_plus.train.cache import build_feature_cache
+from toolken_plus.train.loggers import build_logger
+from toolken_plus.train.trainer import CachedFeatures, ToolkenTrainer, TrainerConfig, calibrate_head_bias, evaluate_head
+
+log = logging.getLogger(__name__)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class TrainToolkensRecipe:
+    def __init__(self, cfg, run_dir: str | Path, backbone: Backbone | None = None):
+        self.cfg = to_dict(cfg)
+        self.run_dir = Path(run_dir)
+        self.backbone = backbone
+        self.task: TaskData | None = None
+        self.lock = RunDirLock(self.run_dir)
+
+    # ---------------------------------------------------------------- setup
+    def setup(self) -> None:
+        cfg = validate_config(self.cfg)
+        seed_everything(int(cfg.get("seed", 0)))
+        self.lock.acquire()  # released by close(); a second training here fails now, naming this pid
+        # checkpoint=… tools.add=[…]: enlarge a trained head instead of starting one
+        self.addition = ToolAddition.from_config(cfg)
+        self.task = load_task_data(self.addition.task_config(cfg["task"]) if self.addition else cfg["task"], cfg["data"])
+        for note in self.task.notes:
+            log.info(note)
+        if not self.task.train:
+            raise ValueError("no training examples (check data.limit_train and the data files)")
+        if self.backbone is None:
+            t0 = time.perf_counter()
+            self.backbone = build_backbone(cfg["model"])
+            log.info("backbone %s loaded in %.1f s", self.backbone.name, time.perf_counter() - t0)
+        if self.addition:
+            self.addition.check(self.task, self.backbone, cfg["data"]["root"])
+        tool_names = self.addition.tool_names if self.addition else self.task.tool_names
+        tool_index = {n: i for i, n in enumerate(tool_names)}
+        max_len = int(cfg["data"].get("max_length", 512))
+        tok = self.backbone.tokenizer
+        prefix_ids = None
+        if self.task.kind == "choice":  # one choice point per example after a shared prefix (MetaTool)
+            from toolken_plus.tasks.metatool import encode_choices
+
+            self.train_enc = encode_choices(tok, self.task.train, tool_index)
+            self.val_enc = encode_choices(tok, self.task.val, tool_index)
+            prefix_ids = tok(self.task.prefix, add_special_tokens=False)["input_ids"]
+        else:
+            self.train_enc = encode_examples(tok, self.task.train, tool_index, max_len)
+            self.val_enc = encode_examples(tok, self.task.val, tool_index, max_len)
+        self.call_counts = {"train": call_counts(self.train_enc, tool_names), "val": call_counts(self.val_enc, tool_names)}
+        check_calls_survive(self.call_counts, max_len, self.addition.new_names if self.addition else [])
+        cache_cfg = cfg.get("cache", {})
+        common = dict(dtype=cache_cfg.get("dtype", "float16"),
+                      max_tokens_per_batch=int(cache_cfg.get("max_tokens_per_batch", 1024)),
+                      progress=bool(cfg["trainer"].get("progress", True)), prefix_ids=prefix_ids)
+        cache_root = Path(cfg["cache_dir"])
+        self.train_cache = build_feature_cache(self.backbone, self.train_enc, cache_root, desc="train features", **common)
+        self.val_cache = (build_feature_cache(self.backbone, self.val_enc, cache_root, desc="val features", **common)
+                          if self.val_enc else None)
+        if self.val_cache is None:
+            log.warning("no validation examples: the logit bias stays 0 and no validation metrics are computed")
+        self.head = (self.addition.build_head(seed=int(cfg.get("seed", 0))) if self.addition
+                     else ToolkenHead(tool_names, self.backbone.hidden_size, seed=int(cfg.get("seed", 0))))
+        self.logger = build_logger(cfg.get("logger"), self.run_dir, cfg)
+        tcfg = cfg["trainer"]
+        self.trainer = ToolkenTrainer(
+            self.head,
+            self.train_cache,
+            TrainerConfig(epochs=int(tcfg["epochs"]), lr=float(tcfg["lr"]), batch_size=int(tcfg["batch_size"]),
+                          weight_decay=float(tcfg.get("weight_decay", 0.0)), seed=int(cfg.get("seed", 0)),
+                          progress=bool(tcfg.get("progress", True)),
+                          frozen_rows=self.addition.n_old if self.addition else 0),
+            run_dir=self.run_dir,
+            logger=self.logger,
+            resume=bool(cfg.get("resume", True)),
+            # A checkpoint is resumed only by a run on the same task and data selection.
+            run_identity={"task": cfg["task"].get("name"), "limit_train": cfg["data"].get("limit_train"),
+                          "max_length": max_len},
+        )
+
+    # ---------------------------------------------------------------- train
+    def train(self) -> dict:
+        t0 = time.perf_counter()
+        self.trainer.fit()
+        if self.addition:  # grow the per-tool tensors (rerank rows) from the trained new rows
+            self.addition.finish(self.head)
+        train_seconds = time.perf_counter() - t0
+        metrics: dict = {}
+        bias = float(self.head.logit_bias)  # 0, or the base checkpoint's when adding tools
+        if self.val_cache is not None:
+            val = CachedFeatures(self.val_cache)
+            metrics = {"val_bias0/" + k[4:]: v for k, v in evaluate_head(self.head, val, bias=0.0).items()}
+            grid = tuple(self.cfg.get("calibration", {}).get("grid", (-10.0, 10.0, 0.25)))
+            if self.addition is None or self.addition.recalibrate_bias:
+                bias = calibrate_head_bias(self.head, val, grid)
+            metrics.update(evaluate_head(self.head, val))
+        metrics.update({
+            "logit_bias": bias,
+            "epochs": self.trainer.epoch,
+            "train/loss": self.trainer.history[-1]["train/loss"] if self.trainer.history else None,
+            "train/examples": len(self.task.train),
+            "train/positions": len(self.train_cache),
+            "train/gold_calls": int(self.train_cache.meta["n_tool_positions"]),
+            "train/calls_lost": self.call_counts["train"]["lost"],
+            "val/calls_lost": self.call_counts["val"]["lost"],
+            "val/examples": len(self.task.val),
+            "time/train_epochs_s": round(train_seconds, 2),
+            "time/train_cache_build_s": self.train_cache.meta["build_seconds"],
+            "cache/train_tokens_per_s": self.train_cache.meta["tokens_per_second"],
+        })
+        metrics.update(self.train_reranker())
+        self.logger.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=self.trainer.epoch)
+        self.metrics = metrics
+        return metrics
+
+    def train_reranker(self) -> dict:
+        """Stage 2 (Toolken+), on top of the trained and calibrated stage-1 head."""
+        rcfg = self.cfg.get("reranker") or {"name": "none"}
+        if rcfg.get("name", "none") == "none":
+            return {}
+        from toolken_plus.train.rerank_fit import fit_reranker
+
+        t0 = time.perf_counter()
+        out = fit_reranker(rcfg, self.backbone, self.head, kind=self.task.kind, prefix=self.task.prefix,
+                           tool_docs=self.task.tool_docs, train_enc=self.train_enc,
+                           train_feats=self.trainer.data, val_enc=self.val_enc,
+                           val_feats=CachedFeatures(self.val_cache) if self.val_cache is not None else None,
+                           seed=int(self.cfg.get("seed", 0)), progress=bool(self.cfg["trainer"].get("progress", True)),
+                           frozen_tools=self.addition.n_old if self.addition else 0)
+        out["time/reranker_s"] = round(time.perf_counter() - t0, 2)
+        log.info("reranker %s: %s", rcfg["name"], {k: v for k, v in out.items() if "rerank" in k})
+        return out
+
+    # ----------------------------------------------------------------- save
+    def save(self) -> Path:
+        extra = {
+            "task": self.task.name,
+            "data_hash": self.train_cache.meta["data_digest"][:16],
+            "train_examples": len(self.task.train),
+            "epochs": self.trainer.epoch,
+        }
+        tool_docs = self.task.tool_docs
+        if self.addition:
+            self.addition.verify(self.head)
+            extra.update(self.addition.extra_config())
+            tool_docs = self.addition.new_docs  # the old tools keep the doc hashes they were trained with
+        self.head.save(self.run_dir, backbone=self.backbone, tool_docs=tool_docs, extra=extra)
+        atomic_write(self.run_dir / "metrics.json", lambda p: Path(p).write_text(json.dumps(self.metrics, indent=2)))
+        self.logger.finish()
+        return self.run_dir
+
+    def close(self) -> None:
+        self.lock.release()
+
+    def run(self) -> dict:
+        try:
+            self.setup()
+            metrics = self.train()
+            self.save()
+        finally:
+            self.close()
+        return metrics
+
+
+def call_counts(encoded, tool_names: list[str]) -> dict:
+    """Gold calls that survived encoding, per tool, and calls lost to truncation."""
+    per_tool = dict.fromkeys(tool_names, 0)
+    for e in encoded:
+        for k in e.tool_label[e.tool_label >= 0]:
+            per_tool[tool_names[int(k)]] += 1
+    return {"kept": sum(per_tool.values()), "lost": sum(e.n_calls_lost for e in encoded), "per_tool": per_tool}
+
+
+def check_calls_survive(counts: dict, max_length: int, must_have: list[str] = ()) -> None:
+    """Say how many calls truncation cost; stop when the training data keeps
+    none (a head trained on zero gold calls learns only "never call"), or none
+    of a tool being added."""
+    for split, c in counts.items():
+        if c["lost"]:
+            log.warning("%s: %d tool call(s) lost to truncation at data.max_length=%d (%d kept)",
+                        split, c["lost"], max_length, c["kept"])
+    train = counts["train"]
+    hint = (f"{train['lost']} were lost to truncation at data.max_length={max_length}: raise it"
+            if train["lost"] else "check the data files and the task's tools")
+    if train["kept"] == 0:
+        raise ValueError(f"no gold tool call survives in the training data ({hint})")
+    silent = [n for n in must_have if train["per_tool"].get(n, 0) == 0]
+    if silent:
+        raise ValueError(f"no gold call of {silent} survives in the training data ({hint})")
+
+
+def format_metrics_table(metrics: dict, tool_names: list[str], prefix: str = "val/") -> str:
+    """Per-tool precision/recall/F1 as a small text table."""
+    rows = [f"{'tool':<12}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}"]
+    for name in tool_names:
+        rows.append(f"{'<' + name + '>':<12}{metrics[f'{prefix}{name}/precision']:>10.3f}"
+                    f"{metrics[f'{prefix}{name}/recall']:>10.3f}{metrics[f'{prefix}{name}/f1']:>10.3f}"
+                    f"{int(metrics[f'{prefix}{name}/support']):>10d}")
+    rows.append(f"{'all (micro)':<12}{metrics[f'{prefix}precision']:>10.3f}{metrics[f'{prefix}recall']:>10.3f}"
+                f"{metrics[f'{prefix}f1']:>10.3f}{int(metrics[f'{prefix}gold_calls']):>10d}")
+    return "\n".join(rows)
