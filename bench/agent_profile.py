@@ -35,7 +35,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from toolken_plus.backbone import FewRowsLinear, times_transposed  # noqa: E402
-from toolken_plus.config import PROJECT_ROOT  # noqa: E402
+from toolken_plus.config import default_data_root  # noqa: E402
 from toolken_plus.infer.recipe import load_agent  # noqa: E402
 from toolken_plus.tasks.gsm8k import load_gsm8k_xl_test  # noqa: E402
 
@@ -97,7 +97,7 @@ def main(argv=None) -> None:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--max-new-tokens", type=int, default=120)
     ap.add_argument("--width", type=int, default=800, help="KV width for part 2")
-    ap.add_argument("--data-root", default=os.environ.get("TOOLKEN_PLUS_DATA", str(PROJECT_ROOT.parent / "shared" / "data")))
+    ap.add_argument("--data-root", default=str(default_data_root()))
     args = ap.parse_args(argv)
 
     agent = load_agent(args.checkpoint, data_root=args.data_root, batch_size=args.batch_size,

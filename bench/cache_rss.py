@@ -23,10 +23,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from train_speed import MODELS  # noqa: E402
 
-from toolken_plus.backbone import build_backbone  # noqa: E402
-from toolken_plus.config import PROJECT_ROOT  # noqa: E402
+from toolken_plus.config import default_data_root  # noqa: E402
+from toolken_plus.config.schema import DataConfig  # noqa: E402
 from toolken_plus.data.encoding import encode_examples  # noqa: E402
-from toolken_plus.tasks.loading import load_task_data  # noqa: E402
+from toolken_plus.tasks.gsm8k_xl import Gsm8kXL  # noqa: E402
 from toolken_plus.train.cache import build_feature_cache  # noqa: E402
 
 
@@ -34,12 +34,11 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2_135m", choices=sorted(MODELS))
     ap.add_argument("--limit", type=int, default=None, help="first N training examples (default: all)")
-    ap.add_argument("--data-root", default=os.environ.get("TOOLKEN_PLUS_DATA", str(PROJECT_ROOT.parent / "shared" / "data")))
+    ap.add_argument("--data-root", default=str(default_data_root()))
     args = ap.parse_args(argv)
 
-    backbone = build_backbone(MODELS[args.model])
-    task = load_task_data({"name": "gsm8k_xl", "train_file": "gsm8k/train.jsonl",
-                           "n_val": 500, "split_seed": 0}, {"root": args.data_root, "limit_train": args.limit})
+    backbone = MODELS[args.model].load()
+    task = Gsm8kXL().load(DataConfig(root=args.data_root, limit_train=args.limit))
     encoded = encode_examples(backbone.tokenizer, task.train, {t: i for i, t in enumerate(task.tool_names)}, 512)
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     with tempfile.TemporaryDirectory() as tmp:

@@ -30,9 +30,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from toolken_plus.adapter.head import ToolkenHead  # noqa: E402
-from toolken_plus.config import PROJECT_ROOT  # noqa: E402
+from toolken_plus.config import default_data_root  # noqa: E402
 from toolken_plus.infer.recipe import load_agent  # noqa: E402
 from toolken_plus.tasks.gsm8k import load_gsm8k_xl_test  # noqa: E402
+from toolken_plus.tasks.gsm8k_xl import Gsm8kXL  # noqa: E402
 
 
 def part1(agent, questions) -> float:
@@ -93,13 +94,13 @@ def main(argv=None) -> None:
     ap.add_argument("--n2", type=int, default=32, help="questions for part 2 (0 skips it)")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--max-new-tokens", type=int, default=128)
-    ap.add_argument("--data-root", default=os.environ.get("TOOLKEN_PLUS_DATA", str(PROJECT_ROOT.parent / "shared" / "data")))
+    ap.add_argument("--data-root", default=str(default_data_root()))
     args = ap.parse_args(argv)
 
     items = load_gsm8k_xl_test(Path(args.data_root) / "gsm8k-xl" / "test.json", limit=max(args.n1, args.n2))
     questions = [it["question"] for it in items]
-    agent = load_agent(args.checkpoint, data_root=args.data_root, setting="toolkens" if args.checkpoint else "no_tools",
-                       max_new_tokens=args.max_new_tokens)
+    agent = load_agent(args.checkpoint, task=Gsm8kXL(), data_root=args.data_root,
+                       setting="toolkens" if args.checkpoint else "no_tools", max_new_tokens=args.max_new_tokens)
     if agent.head is None:  # part 1 only needs a head to exist; its bias is −inf there
         agent.head = ToolkenHead(list(agent.tools), agent.backbone.hidden_size)
     print(f"backbone {agent.backbone.name}, {torch.get_num_threads()} threads")

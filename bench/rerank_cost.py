@@ -28,21 +28,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from toolken_plus.adapter.head import ToolkenHead  # noqa: E402
-from toolken_plus.backbone import SMOLLM2_135M, build_backbone  # noqa: E402
-from toolken_plus.config import PROJECT_ROOT  # noqa: E402
+from toolken_plus.adapter import ToolkenHead  # noqa: E402
+from toolken_plus.backbone import DEFAULT_BACKBONE, TinyRandomBackbone  # noqa: E402
+from toolken_plus.config import default_data_root  # noqa: E402
 from toolken_plus.data.prompts import FewShotPrompt  # noqa: E402
 from toolken_plus.kv.rows import prefix_row  # noqa: E402
-from toolken_plus.rerank.base import EmbeddingReranker, LLMReranker, NoReranker, RerankQuery, init_rerank_weight  # noqa: E402
+from toolken_plus.rerank import EmbeddingReranker, LLMReranker, NoReranker, RerankContext, top_candidates  # noqa: E402
+from toolken_plus.rerank.llm import init_rerank_weight  # noqa: E402
 from toolken_plus.tasks.gsm8k import (
     calculator_tools,  # noqa: E402
     load_gsm8k,  # noqa: E402
 )
 
-MODELS = {
-    "smollm2_135m": SMOLLM2_135M,
-    "tiny_random": {"kind": "tiny_random", "tokenizer": {k: SMOLLM2_135M[k] for k in ("gguf_file", "gguf_package")}},
-}
+MODELS = {"smollm2_135m": DEFAULT_BACKBONE, "tiny_random": TinyRandomBackbone()}
 
 
 def gsm8k_contexts(data_root: Path, prompt: FewShotPrompt, n: int) -> list[str]:
@@ -76,20 +74,20 @@ def main(argv=None) -> None:
     ap.add_argument("--k", type=int, default=3)
     ap.add_argument("--reps", type=int, default=3, help="timings per context (best is kept)")
     ap.add_argument("--model", choices=sorted(MODELS), default="smollm2_135m")
-    ap.add_argument("--data-root", default=os.environ.get("TOOLKEN_PLUS_DATA", str(PROJECT_ROOT.parent / "shared" / "data")))
+    ap.add_argument("--data-root", default=str(default_data_root()))
     args = ap.parse_args(argv)
 
     root = Path(args.data_root)
-    backbone = build_backbone(MODELS[args.model])
+    backbone = MODELS[args.model].load()
     tools = calculator_tools(root)
     names = list(tools)
     docs = {n: t.doc for n, t in tools.items()}
-    head = ToolkenHead.load(args.checkpoint) if args.checkpoint else ToolkenHead(names, backbone.hidden_size)
+    head = ToolkenHead.from_pretrained(args.checkpoint) if args.checkpoint else ToolkenHead(names, backbone.hidden_size)
     prompt = FewShotPrompt.from_file(root / "gsm8k-xl" / "template" / "llama_general.txt")
     contexts = gsm8k_contexts(root, prompt, args.n)
     tok = backbone.tokenizer
     llm = LLMReranker(backbone, init_rerank_weight(head.weight), names, docs, k=args.k)
-    none = NoReranker(k=args.k)
+    none = NoReranker(names, k=args.k)
     try:
         from toolken_plus.rerank.embedder import SentenceEmbedder
 
@@ -108,16 +106,17 @@ def main(argv=None) -> None:
             layers, n = prefix_row(backbone, ids)  # the agent already holds this KV cache
             h, _ = backbone.final_hidden(torch.tensor([ids]))
             scores = head(h[0, -1])
-            q = RerankQuery(scores, text=text[-300:], layers=layers, n=n)
-            dt, _ = timed(lambda: none.decide([q]), args.reps)
+            q = RerankContext(scores, text=text[-300:], layers=layers, n=n)
+            cands = top_candidates(scores, args.k)
+            dt, _ = timed(lambda: none.rank(q, cands), args.reps)
             t["none"] += dt
             if emb is not None:
                 emb.embedder._memo.clear()  # no credit for having seen this text before
-                dt, _ = timed(lambda: (emb.embedder._memo.clear(), emb.decide([q]))[1], args.reps)
+                dt, _ = timed(lambda: (emb.embedder._memo.clear(), emb.rank(q, cands))[1], args.reps)
                 t["embedding"] += dt
-            dt, (g, cands) = timed(lambda: llm.states([q]), args.reps)
+            dt, g = timed(lambda: llm.states([q], [cands]), args.reps)
             t["llm"] += dt
-            block = llm.block_ids(cands[0])
+            block = llm.block_ids(cands)
             dt, (full, _) = timed(lambda: backbone.final_hidden(torch.tensor([ids + block])), args.reps)
             t["naive"] += dt
             worst = max(worst, float((full[0, -1] - g[0]).abs().max()))

@@ -37,18 +37,16 @@ import torch  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 from toolken_plus.adapter.head import ToolkenHead  # noqa: E402
-from toolken_plus.backbone import SMOLLM2_135M, build_backbone  # noqa: E402
-from toolken_plus.config import PROJECT_ROOT  # noqa: E402
+from toolken_plus.backbone import DEFAULT_BACKBONE, TinyRandomBackbone  # noqa: E402
+from toolken_plus.config import default_data_root  # noqa: E402
+from toolken_plus.config.schema import DataConfig, TrainerConfig  # noqa: E402
 from toolken_plus.data.encoding import IGNORE, encode_examples  # noqa: E402
-from toolken_plus.tasks.loading import load_task_data  # noqa: E402
+from toolken_plus.tasks.gsm8k_xl import Gsm8kXL  # noqa: E402
 from toolken_plus.train.cache import build_feature_cache  # noqa: E402
 from toolken_plus.train.losses import full_toolken_loss  # noqa: E402
-from toolken_plus.train.trainer import CachedFeatures, ToolkenTrainer, TrainerConfig, calibrate_head_bias, evaluate_head  # noqa: E402
+from toolken_plus.train.trainer import CachedFeatures, ToolkenTrainer, calibrate_head_bias, evaluate_head  # noqa: E402
 
-MODELS = {
-    "smollm2_135m": SMOLLM2_135M,
-    "tiny_random": {"kind": "tiny_random", "tokenizer": {k: SMOLLM2_135M[k] for k in ("gguf_file", "gguf_package")}},
-}
+MODELS = {"smollm2_135m": DEFAULT_BACKBONE, "tiny_random": TinyRandomBackbone()}
 
 
 def raw_forward_throughput(backbone, batch: int = 16, length: int = 256, reps: int = 2) -> float:
@@ -94,7 +92,7 @@ def train_our_way(backbone, encoded, tool_names, epochs, lr, seed, cache_root, m
     cache = build_feature_cache(backbone, encoded, cache_root, desc="ours: feature cache", max_tokens_per_batch=max_tokens)
     t_cache = time.perf_counter() - t0
     head = ToolkenHead(tool_names, backbone.hidden_size, seed=seed)
-    ToolkenTrainer(head, cache, TrainerConfig(epochs=epochs, lr=lr, batch_size=1, seed=seed)).fit()
+    ToolkenTrainer(head, cache, TrainerConfig(epochs=epochs, lr=lr, batch_size=1), seed=seed).fit()
     total = time.perf_counter() - t0
     return head, total, {"cache_s": t_cache, "epochs_s": total - t_cache, "cache_tok_s": cache.meta["tokens_per_second"]}
 
@@ -108,20 +106,18 @@ def main(argv=None) -> None:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-tokens-per-batch", type=int, default=1024, help="padded tokens per cache-building forward")
-    ap.add_argument("--data-root", default=os.environ.get("TOOLKEN_PLUS_DATA", str(PROJECT_ROOT.parent / "shared" / "data")))
+    ap.add_argument("--data-root", default=str(default_data_root()))
     args = ap.parse_args(argv)
     torch.manual_seed(args.seed)
 
     t0 = time.perf_counter()
-    backbone = build_backbone(MODELS[args.model])
+    backbone = MODELS[args.model].load()
     first_load = time.perf_counter() - t0
     t0 = time.perf_counter()
-    backbone = build_backbone(MODELS[args.model])  # again: the conversion cache and imports are warm now
+    backbone = MODELS[args.model].load()  # again: the conversion cache and imports are warm now
     print(f"backbone {backbone.name}: first load {first_load:.2f} s (incl. imports / one-time GGUF conversion), "
           f"reload {time.perf_counter() - t0:.2f} s; {torch.get_num_threads()} threads")
-    task = load_task_data({"name": "gsm8k_xl", "train_file": "gsm8k/train.jsonl",
-                           "n_val": 500, "split_seed": 0},
-                          {"root": args.data_root, "limit_train": args.n_train, "limit_eval": args.n_val})
+    task = Gsm8kXL().load(DataConfig(root=args.data_root, limit_train=args.n_train, limit_eval=args.n_val))
     index = {t: i for i, t in enumerate(task.tool_names)}
     train_enc = encode_examples(backbone.tokenizer, task.train, index, 512)
     val_enc = encode_examples(backbone.tokenizer, task.val, index, 512)

@@ -11,17 +11,18 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import PROJECT_ROOT
+from conftest import PROJECT_ROOT, compose
 from fake_plugins import install, weather_distribution, weather_examples  # noqa: F401 (fixture)
-from hydra import compose, initialize_config_dir
 from safetensors.torch import load_file, save_file
 
-from toolken_plus.adapter.head import ToolkenHead, doc_hash
-from toolken_plus.config import CONFIG_DIR
+from toolken_plus.adapter import ToolkenHead
+from toolken_plus.config.schema import ToolsConfig, TrainConfig, TrainerConfig
+from toolken_plus.rerank import LLMRerank
 from toolken_plus.tools.plugins import discover_tools
+from toolken_plus.tools.registry import doc_hash
 from toolken_plus.train.add_tools import ToolAddition, grow_state_dict
 from toolken_plus.train.recipe import TrainToolkensRecipe
-from toolken_plus.train.trainer import ToolkenTrainer, TrainerConfig
+from toolken_plus.train.trainer import ToolkenTrainer
 
 CALCULATOR = ["add", "subtract", "multiply", "divide"]
 PROMPT = "Answer the question.\n\nQuestion: [QUESTION]\nAnswer:"
@@ -78,53 +79,59 @@ class _FakeCache:
 def test_frozen_rows_stay_bit_identical_and_the_rest_trains(weight_decay):
     head = ToolkenHead(["a", "b", "c"], 8, seed=0)
     before = head.weight.detach().clone()
-    trainer = ToolkenTrainer(head, _FakeCache(), TrainerConfig(epochs=3, lr=0.05, weight_decay=weight_decay,
-                                                               frozen_rows=2, progress=False))
+    trainer = ToolkenTrainer(head, _FakeCache(), TrainerConfig(epochs=3, lr=0.05, weight_decay=weight_decay, progress=False),
+                             frozen_rows=2)
     trainer.fit()
     assert torch.equal(head.weight[:2], before[:2])
     assert not torch.allclose(head.weight[2], before[2])
 
 
+def _plan(checkpoint=None, add=(), reranker=None):
+    return ToolAddition.from_config(TrainConfig(checkpoint=str(checkpoint) if checkpoint else None,
+                                                tools=ToolsConfig(add=list(add)), reranker=reranker))
+
+
 def test_addition_config_errors(tmp_path):
-    ToolkenHead(["add", "subtract"], 8).save(tmp_path)
-    assert ToolAddition.from_config({"tools": {"add": []}}) is None
+    from toolken_plus.tasks.custom import CustomTask
+
+    ToolkenHead(["add", "subtract"], 8).save_pretrained(tmp_path)
+    assert _plan() is None
     with pytest.raises(ValueError, match="needs checkpoint="):
-        ToolAddition.from_config({"tools": {"add": ["weather"]}})
+        _plan(add=["weather"])
     with pytest.raises(ValueError, match="tools.add is empty"):
-        ToolAddition.from_config({"checkpoint": str(tmp_path), "tools": {"add": []}})
+        _plan(tmp_path)
     with pytest.raises(ValueError, match=r"\['add'\] are already in"):
-        ToolAddition.from_config({"checkpoint": str(tmp_path), "tools": {"add": ["add", "weather"]}})
+        _plan(tmp_path, ["add", "weather"])
     with pytest.raises(FileNotFoundError, match="toolken_config.json"):
-        ToolAddition.from_config({"checkpoint": str(tmp_path / "nope"), "tools": {"add": ["weather"]}})
-    plan = ToolAddition.from_config({"checkpoint": str(tmp_path), "tools": {"add": ["weather"]}})
+        _plan(tmp_path / "nope", ["weather"])
+    plan = _plan(tmp_path, ["weather"])
     assert plan.tool_names == ["add", "subtract", "weather"] and plan.n_old == 2
-    assert plan.task_config({"name": "custom", "tools": None})["tools"] == ["weather"]
+    assert plan.task_for(CustomTask(train_file="x.jsonl")).tools == ["weather"]  # its data calls the new tool
 
 
 def test_addition_needs_training_calls_of_every_new_tool(tmp_path, tiny_backbone):
     from toolken_plus.data.examples import Example
-    from toolken_plus.tasks.loading import TaskData
+    from toolken_plus.tasks.base import TaskData
 
-    ToolkenHead(["add"], tiny_backbone.hidden_size).save(tmp_path, backbone=tiny_backbone)
-    plan = ToolAddition.from_config({"checkpoint": str(tmp_path), "tools": {"add": ["weather"]}})
-    task = TaskData("custom", ["weather"], {"weather": "Weather of a city."}, [Example("e", "no calls here", [])], [])
+    ToolkenHead(["add"], tiny_backbone.hidden_size).save_pretrained(tmp_path, backbone=tiny_backbone)
+    plan = _plan(tmp_path, ["weather"])
+    task = TaskData(["weather"], {"weather": "Weather of a city."}, [Example("e", "no calls here", [])], [])
     with pytest.raises(ValueError, match=r"no training example calls \['weather'\]"):
-        plan.check(task, tiny_backbone)
-    task = TaskData("custom", ["teleport"], {"teleport": "x"}, [], [])
+        plan.check(task, "custom", tiny_backbone)
+    task = TaskData(["teleport"], {"teleport": "x"}, [], [])
     with pytest.raises(ValueError, match="teleport.*neither in"):
-        plan.check(task, tiny_backbone)
+        plan.check(task, "custom", tiny_backbone)
 
 
 def test_adding_tools_needs_the_reranker_the_checkpoint_was_trained_with(tmp_path):
-    ToolkenHead(["add"], 8).save(tmp_path)
+    ToolkenHead(["add"], 8).save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="trained with reranker=none"):
-        ToolAddition.from_config({"checkpoint": str(tmp_path), "tools": {"add": ["weather"]}, "reranker": {"name": "llm"}})
+        _plan(tmp_path, ["weather"], reranker=LLMRerank())
 
 
 # ------------------------- an external plugin's tool: added, trained, loaded, called
 def _compose(overrides):
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose(config_name="config", overrides=overrides)
+    return compose(overrides, "config")
 
 
 def _write_jsonl(path: Path, rows) -> Path:
@@ -160,8 +167,8 @@ def test_external_plugin_tool_is_added_trained_and_called(install, tmp_path, tin
     metrics = recipe.run()
     assert "val/weather/f1" in metrics
 
-    base = ToolkenHead.load(base_run)
-    new = ToolkenHead.load(tmp_path / "added")
+    base = ToolkenHead.from_pretrained(base_run)
+    new = ToolkenHead.from_pretrained(tmp_path / "added")
     assert new.tool_names == CALCULATOR + ["weather"]
     assert torch.equal(new.weight[:4], base.weight)  # old rows bit-identical
     init = recipe.addition.build_head(seed=0).weight[4]
@@ -173,16 +180,15 @@ def test_external_plugin_tool_is_added_trained_and_called(install, tmp_path, tin
     assert torch.equal(new_t["rerank.weight"][:4], old_t["rerank.weight"][:4])
     assert torch.equal(new_t["rerank.weight"][5], old_t["rerank.weight"][4])  # Reject stays last
     assert torch.equal(new_t["rerank.weight"][4], new_t["toolken.weight"][4])  # initialised from the new toolken
-    from toolken_plus.rerank.base import build_reranker  # the Toolken+ reranker accepts the enlarged W_r
-
-    reranker = build_reranker({"name": "llm", "k": 2}, tiny_backbone, new, {n: f"doc of {n}" for n in new.tool_names})
+    # the Toolken+ reranker accepts the enlarged W_r
+    reranker = LLMRerank(k=2).build(tiny_backbone, new, {n: f"doc of {n}" for n in new.tool_names})
     assert torch.equal(reranker.weight, new_t["rerank.weight"])
 
     saved = json.loads((tmp_path / "added" / "toolken_config.json").read_text())
     hashes = {t["name"]: t["doc_hash"] for t in saved["tools"]}
     assert hashes["weather"] == doc_hash(discover_tools().get("weather").doc) != doc_hash("")
     assert all(hashes[n] == base.doc_hashes[n] for n in CALCULATOR)  # old tools keep their trained docs
-    assert saved["added_tools"]["new_tools"] == ["weather"]
+    assert saved["provenance"]["added_tools"]["new_tools"] == ["weather"]
 
     # The enlarged checkpoint loads with the plugin's tool resolved by name and the agent calls it.
     agent = load_agent(tmp_path / "added", backbone=tiny_backbone, data_root=data_root,

@@ -6,8 +6,9 @@ import torch
 from toolken_plus.adapter.head import ToolkenHead
 from toolken_plus.backbone import cache_layers
 from toolken_plus.data.prompts import FewShotPrompt
-from toolken_plus.infer.agent import Agent, AgentConfig, _closing_paren, _stop_at
+from toolken_plus.infer.agent import Agent, AgentConfig, _closing_paren
 from toolken_plus.tasks.gsm8k import calculator_tools
+from toolken_plus.tasks.gsm8k_xl import Gsm8kXL, stop_at_answer
 
 QUESTIONS = ["Tom has 3 apples and buys 4 more. How many?", "A car drives 60 miles per hour for 2 hours.",
              "Sam had 10 cookies and ate 3.", "What is 5 times 6?", "Zoe splits 12 pens among 4 kids."]
@@ -25,7 +26,7 @@ def prompt(data_root):
 
 def _agent(backbone, tools, prompt, **cfg):
     head = ToolkenHead(list(tools), backbone.hidden_size, seed=0)
-    return Agent(backbone, head, tools, prompt, AgentConfig(progress=False, **{"max_new_tokens": 20, **cfg}))
+    return Agent(backbone, head, tools, prompt, AgentConfig(progress=False, **{"max_new_tokens": 20, **cfg}), task=Gsm8kXL())
 
 
 @pytest.mark.parametrize("bias", [float("-inf"), 4.0])
@@ -54,13 +55,13 @@ def test_sharing_the_prompt_prefix_changes_no_trace(tiny_backbone, tools, prompt
 
 
 def test_no_tools_setting_never_calls(tiny_backbone, tools, prompt):
-    agent = _agent(tiny_backbone, tools, prompt, use_tools=False, logit_bias=100.0, batch_size=2)
+    agent = _agent(tiny_backbone, tools, prompt, setting="no_tools", logit_bias=100.0, batch_size=2)
     assert all(not r.calls for r in agent.run_batch(QUESTIONS[:3]))
 
 
 def test_agent_matches_plain_greedy_decoding_when_tools_are_off(tiny_backbone, tools, prompt):
     """With toolkens disabled the loop is plain greedy decoding of the prompt."""
-    agent = _agent(tiny_backbone, tools, prompt, use_tools=False, max_new_tokens=12)
+    agent = _agent(tiny_backbone, tools, prompt, setting="no_tools", max_new_tokens=12)
     res = agent.run(QUESTIONS[0])
     text = prompt.render(QUESTIONS[0])
     ids = torch.tensor([tiny_backbone.tokenizer(prompt.prefix, add_special_tokens=False)["input_ids"]
@@ -167,9 +168,9 @@ def test_helpers():
     assert _closing_paren("3, 4) and") == 4
     assert _closing_paren("[1, (2)], 'a)b')") == 15
     assert _closing_paren("3, 4") is None
-    assert _stop_at(" so 3 + 4 = 7. #### 7\n") == len(" so 3 + 4 = 7. #### 7")
-    assert _stop_at(" #### 7") is None  # the number may still grow
-    assert _stop_at(" done. Question: next") == len(" done. ")
+    assert stop_at_answer(" so 3 + 4 = 7. #### 7\n") == len(" so 3 + 4 = 7. #### 7")
+    assert stop_at_answer(" #### 7") is None  # the number may still grow
+    assert stop_at_answer(" done. Question: next") == len(" done. ")
 
 
 def test_toolkens_need_implementations(tiny_backbone, prompt):
@@ -234,13 +235,13 @@ def test_batch_cache_width_stays_bounded(tiny_backbone):
 def _llm_reranker(backbone, head, tools, reject: bool):
     """An LLMReranker whose Reject row is set, per decision, to ±g·1e4: Reject
     then always wins (reject=True) or always loses, whatever g is."""
-    from toolken_plus.rerank.base import LLMReranker, init_rerank_weight
+    from toolken_plus.rerank.llm import LLMReranker, init_rerank_weight
 
     class Scripted(LLMReranker):
-        def decide_from_states(self, g, cands):
+        def rankings(self, g, cands):
             assert len(g) == 1, "scripted for batch 1"
             self.weight[-1] = (1.0 if reject else -1.0) * 1e4 * g[0] / g[0].norm()
-            return super().decide_from_states(g, cands)
+            return super().rankings(g, cands)
 
     return Scripted(backbone, init_rerank_weight(head.weight), head.tool_names, {n: t.doc for n, t in tools.items()}, k=2)
 
@@ -248,13 +249,15 @@ def _llm_reranker(backbone, head, tools, reject: bool):
 def test_reranker_reject_gives_the_no_tool_text_and_is_recorded(tiny_backbone, tools, prompt):
     base = _agent(tiny_backbone, tools, prompt, logit_bias=4.0, batch_size=1)
     plain = _agent(tiny_backbone, tools, prompt, logit_bias=float("-inf"), batch_size=1)
-    rejecting = Agent(tiny_backbone, base.head, tools, prompt, base.cfg, reranker=_llm_reranker(tiny_backbone, base.head, tools, True))
+    rejecting = Agent(tiny_backbone, base.head, tools, prompt, base.cfg, task=Gsm8kXL(),
+                      reranker=_llm_reranker(tiny_backbone, base.head, tools, True))
     q = QUESTIONS[0]
     assert len(base.run(q).calls) > 0  # stage 1 alone calls tools here
     res = rejecting.run(q)
     assert res.calls == [] and res.reranks and all(r["chosen"] is None for r in res.reranks)
     assert res.generation == plain.run(q).generation  # Reject ⇒ the vocabulary token, every time
-    accepting = Agent(tiny_backbone, base.head, tools, prompt, base.cfg, reranker=_llm_reranker(tiny_backbone, base.head, tools, False))
+    accepting = Agent(tiny_backbone, base.head, tools, prompt, base.cfg, task=Gsm8kXL(),
+                      reranker=_llm_reranker(tiny_backbone, base.head, tools, False))
     res = accepting.run(q)
     assert res.calls and res.reranks[0]["chosen"] in res.reranks[0]["candidates"]
     assert res.reranks[0]["chosen"] == res.calls[0].tool

@@ -6,8 +6,8 @@ import logging
 from pathlib import Path
 
 import pytest
+from conftest import compose
 from fake_plugins import install, weather_distribution  # noqa: F401 (fixture)
-from omegaconf import OmegaConf
 
 import toolken_plus.infer.agent as agent_module
 from toolken_plus import tool
@@ -109,18 +109,15 @@ def test_a_long_result_is_cut_before_the_tokenizer_sees_it(tiny_backbone, prompt
     assert max(t.count("7") for t in encoded) <= cap + QUESTIONS[0].count("7")
 
 
-def test_agent_config_and_infer_yaml_carry_the_new_options():
-    from toolken_plus.infer.recipe import agent_config
+def test_agent_options_reach_the_agent_config_from_the_command_line():
+    from toolken_plus.config import as_config
+    from toolken_plus.config.schema import InferConfig
 
-    cfg = agent_config({"agent": {"max_result_chars": 50, "isolation": "process", "tool_memory_mb": 512}})
+    cfg = as_config(compose(["agent.max_result_chars=50", "agent.isolation=process", "agent.tool_memory_mb=512"], "infer"),
+                    InferConfig).agent
     assert (cfg.max_result_chars, cfg.isolation, cfg.tool_memory_mb) == (50, "process", 512)
-    assert agent_config({"agent": {"tool_memory_mb": None}}).tool_memory_mb is None
-    assert agent_config({}) == AgentConfig()
-    section = OmegaConf.to_container(OmegaConf.load(PROJECT_ROOT / "conf" / "infer.yaml").agent)
-    from_yaml = agent_config({"agent": section})
-    defaults = AgentConfig()
-    assert (from_yaml.max_result_chars, from_yaml.isolation, from_yaml.tool_memory_mb) == (
-        defaults.max_result_chars, defaults.isolation, defaults.tool_memory_mb)
+    assert as_config(compose(["agent.tool_memory_mb=null"], "infer"), InferConfig).agent.tool_memory_mb is None
+    assert as_config(compose([], "infer"), InferConfig).agent == AgentConfig()  # one source of defaults
 
 
 # ------------------------------------------------------- 6. isolated tools

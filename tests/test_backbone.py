@@ -4,7 +4,7 @@ import pytest
 import torch
 from conftest import SMOL_TOKENIZER
 
-from toolken_plus.backbone import build_backbone, load_backbone, resolve_gguf_path, tiny_random_backbone
+from toolken_plus.backbone import HFBackbone, build_backbone, load_backbone, resolve_gguf_path, tiny_random_backbone
 
 
 def test_tiny_random_is_frozen_and_deterministic(smol_tokenizer):
@@ -50,14 +50,14 @@ def test_cache_with_headroom_appends_in_place_and_matches_full_forward(tiny_back
 def test_local_directory_loads_with_generic_hf_config(tiny_backbone, tmp_path):
     tiny_backbone.model.save_pretrained(tmp_path / "m")
     tiny_backbone.tokenizer.save_pretrained(tmp_path / "m")
-    bb = build_backbone({"kind": "hf", "name_or_path": str(tmp_path / "m")})
+    bb = HFBackbone(name_or_path=str(tmp_path / "m")).load()
     assert bb.revision.startswith("dir:") and not any(p.requires_grad for p in bb.model.parameters())
     assert torch.equal(bb.lm_head.weight, tiny_backbone.lm_head.weight)
 
 
 def test_bad_model_configs_are_clear(tmp_path):
-    with pytest.raises(ValueError, match="unknown model.kind"):
-        build_backbone({"kind": "onnx"})
+    with pytest.raises(ValueError, match="unknown backbone kind 'onnx'"):
+        build_backbone({"kind": "onnx"})  # as a checkpoint would record it
     with pytest.raises(FileNotFoundError, match="GGUF file not found"):
         resolve_gguf_path(str(tmp_path / "x.gguf"))
     with pytest.raises(FileNotFoundError, match="not installed"):

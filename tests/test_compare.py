@@ -3,7 +3,8 @@ import json
 import pytest
 
 from toolken_plus.cli.compare import table
-from toolken_plus.infer.evaluate import false_positive_calls
+from toolken_plus.tasks.base import EvalItem
+from toolken_plus.tasks.gsm8k_xl import Gsm8kXL, false_positive_calls
 
 
 def _run(tmp_path, name, **metrics):
@@ -33,11 +34,11 @@ def test_false_positive_calls_is_the_multiset_excess():
 
 def test_score_counts_rerank_rejects_and_changed_tools():
     from toolken_plus.infer.agent import AgentResult
-    from toolken_plus.infer.evaluate import metrics_from_rows, prediction_row
 
     reranks = [{"candidates": ["add", "multiply"], "chosen": None},      # Reject
                {"candidates": ["add", "multiply"], "chosen": "multiply"},  # changed
                {"candidates": ["add", "multiply"], "chosen": "add"}]       # kept stage 1's top-1
     res = AgentResult("q", "text", "text", [], 3.0, "answer", 5, reranks)
-    m = metrics_from_rows([prediction_row({"question": "q", "label": 3.0}, res)], ["add", "multiply"])
+    task = Gsm8kXL()
+    m = task.metrics([task.score(EvalItem("q0", "q", 3.0), res)])
     assert (m["rerank_decisions"], m["rerank_rejects"], m["rerank_changed_tool"]) == (3, 1, 1)

@@ -6,8 +6,7 @@ import pytest
 from conftest import run_entry_point
 from test_train_entrypoint import TINY, _compose
 
-from toolken_plus.backbone import build_backbone
-from toolken_plus.config import to_dict
+from toolken_plus.backbone import TinyRandomBackbone
 from toolken_plus.infer.recipe import load_agent
 from toolken_plus.train.recipe import TrainToolkensRecipe
 
@@ -15,7 +14,7 @@ from toolken_plus.train.recipe import TrainToolkensRecipe
 @pytest.fixture(scope="module")
 def model_tiny_random(data_root):
     """The backbone of `model=tiny_random`, as the subprocesses build it."""
-    return build_backbone(to_dict(_compose(["model=tiny_random"]).model))
+    return TinyRandomBackbone().load()
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +31,8 @@ def _run_infer(args, tmp_path):
 
 def test_infer_py_writes_predictions_metrics_report(tmp_path, tiny_checkpoint):
     run_dir = tmp_path / "inf"
-    proc = _run_infer(["experiment=gsm8k_xl", "model=tiny_random", f"checkpoint={tiny_checkpoint}",
-                       "data.limit_eval=3", "agent.batch_size=2", "agent.max_new_tokens=12", "agent.logit_bias=2.0",
+    # The checkpoint says which backbone and task it needs: no model= or experiment=.
+    proc = _run_infer([f"checkpoint={tiny_checkpoint}", "data.limit_eval=3", "agent.batch_size=2", "agent.max_new_tokens=12", "agent.logit_bias=2.0",
                        "agent.max_arg_tokens=4", "agent.progress=false", f"hydra.run.dir={run_dir}"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -61,6 +60,11 @@ def test_load_agent_api(tiny_checkpoint, model_tiny_random, data_root):
     result = agent.run("Tom has 3 apples and buys 4 more. How many?")
     assert result.new_tokens <= 5 and isinstance(result.calls, list)
     assert agent.bias == pytest.approx(json.loads((tiny_checkpoint / "toolken_config.json").read_text())["logit_bias"])
+    # Without a backbone: the checkpoint's spec rebuilds the very model it was trained on.
+    rebuilt = load_agent(tiny_checkpoint, data_root=data_root, max_new_tokens=5)
+    assert (rebuilt.backbone.name, rebuilt.backbone.revision) == (model_tiny_random.name, model_tiny_random.revision)
+    assert rebuilt.run("Tom has 3 apples and buys 4 more. How many?").trace == result.trace
+    assert type(rebuilt.task).__name__ == "Gsm8kXL"
 
 
 def test_missing_checkpoint_is_a_clear_error(tmp_path):

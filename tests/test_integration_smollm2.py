@@ -34,13 +34,14 @@ def test_smollm2_rerank_state_with_reused_kv_equals_full_forward(data_root):
     """The Toolken+ doc-block pass on the real backbone, on a GSM8K-XL context."""
     import torch
 
-    from toolken_plus.backbone import SMOLLM2_135M, build_backbone
+    from toolken_plus.backbone import DEFAULT_BACKBONE
     from toolken_plus.data.prompts import FewShotPrompt
     from toolken_plus.kv.rows import prefix_row
-    from toolken_plus.rerank.base import LLMReranker, RerankQuery, init_rerank_weight
+    from toolken_plus.rerank import RerankContext, top_candidates
+    from toolken_plus.rerank.llm import LLMReranker, init_rerank_weight
     from toolken_plus.tasks.gsm8k import calculator_tools
 
-    backbone = build_backbone(SMOLLM2_135M)
+    backbone = DEFAULT_BACKBONE.load()
     tools = calculator_tools(data_root)
     prompt = FewShotPrompt.from_file(data_root / "gsm8k-xl" / "template" / "llama_general.txt")
     text = prompt.prefix + prompt.question_part("Natalia sold 48 clips in April and half as many in May.") + " She sold 48/2 ="
@@ -48,9 +49,11 @@ def test_smollm2_rerank_state_with_reused_kv_equals_full_forward(data_root):
     w = init_rerank_weight(torch.randn(4, backbone.hidden_size))
     rr = LLMReranker(backbone, w, list(tools), {n: t.doc for n, t in tools.items()}, k=3)
     layers, n = prefix_row(backbone, ids)
-    g, cands = rr.states([RerankQuery(torch.tensor([0.1, 0.2, 0.3, 0.4]), layers=layers, n=n)])
+    context = RerankContext(torch.tensor([0.1, 0.2, 0.3, 0.4]), layers=layers, n=n)
+    cands = top_candidates(context.scores, 3)
+    g = rr.states([context], [cands])
     with torch.no_grad():
-        full, _ = backbone.final_hidden(torch.tensor([ids + rr.block_ids(cands[0])]))
+        full, _ = backbone.final_hidden(torch.tensor([ids + rr.block_ids(cands)]))
     assert torch.allclose(g[0], full[0, -1], atol=1e-4)
 
 
@@ -59,12 +62,12 @@ def test_smollm2_rows_share_the_few_shot_prefix(data_root):
     and two rows on the GSM8K-XL prompt give their full rows' hidden states."""
     import torch
 
-    from toolken_plus.backbone import SMOLLM2_135M, build_backbone
+    from toolken_plus.backbone import DEFAULT_BACKBONE
     from toolken_plus.data.prompts import FewShotPrompt
     from toolken_plus.kv.rows import make_prefix, prefill_rows
     from toolken_plus.kv.shared_prefix import supports_shared_prefix
 
-    backbone = build_backbone(SMOLLM2_135M)
+    backbone = DEFAULT_BACKBONE.load()
     assert supports_shared_prefix(backbone)  # else every batched row would carry a copy of the prompt
     tok = backbone.tokenizer
     prompt = FewShotPrompt.from_file(data_root / "gsm8k-xl" / "template" / "llama_general.txt")

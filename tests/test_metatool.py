@@ -6,34 +6,35 @@ import json
 import pytest
 import torch
 
+from toolken_plus.backbone import TinyRandomBackbone
+from toolken_plus.config.schema import AgentConfig, DataConfig, InferConfig, TrainConfig, TrainerConfig
 from toolken_plus.data.encoding import IGNORE, VOCAB
 from toolken_plus.data.examples import DataError
-from toolken_plus.infer.choice import choice_metrics
+from toolken_plus.rerank import EmbeddingRerank, LLMRerank
 from toolken_plus.tasks import metatool
-from toolken_plus.tasks.loading import metatool_split
+from toolken_plus.tasks.metatool import MetaTool, choice_metrics
 from toolken_plus.train.cache import build_feature_cache
 from toolken_plus.train.recipe import TrainToolkensRecipe
 
-TASK = {"name": "metatool", "data_file": "metatool/data/all_clean_data.csv", "docs_file": "metatool/plugin_des.json",
-        "awareness_file": "metatool/tmp_dataset/Task1.json", "val_frac": 0.1, "test_frac": 0.1, "split_seed": 0}
+TASK = MetaTool()
 
 
 @pytest.fixture(scope="module")
 def split(data_root):
-    return metatool_split(TASK, {"root": str(data_root)})
+    return TASK.split(data_root)
 
 
 def test_split_is_disjoint_stratified_and_awareness_balanced(split, data_root):
     q = lambda xs: {x.query for x in xs}  # noqa: E731
     assert not (q(split.train) & q(split.test)) and not (q(split.train) & q(split.val))
     assert not (q(split.train) & q(split.awareness_test)) and not (q(split.val) & q(split.awareness_test))
-    docs = metatool.load_tool_docs(data_root / TASK["docs_file"])
+    docs = metatool.load_tool_docs(data_root / TASK.docs_file)
     assert len(docs) == 199
     test_tools = {x.tool for x in split.test}
     assert len(test_tools) >= 190  # every tool with >= 3 queries has test queries
     assert sum(x.tool is None for x in split.awareness_test) == sum(x.tool is not None for x in split.awareness_test) == 260
     assert sum(x.tool is None for x in split.train) > 0 and sum(x.tool is None for x in split.val) > 0
-    again = metatool_split(TASK, {"root": str(data_root)})
+    again = TASK.split(data_root)
     assert [x.id for x in again.test] == [x.id for x in split.test]  # seeded
 
 
@@ -92,8 +93,8 @@ def test_query_csv_without_queries_is_an_error(tmp_path):
 
 
 def test_real_query_csv_loads_with_every_tool_cell_filled(data_root):
-    docs = metatool.load_tool_docs(data_root / TASK["docs_file"])
-    rows = metatool.load_queries_csv(data_root / TASK["data_file"], docs)
+    docs = metatool.load_tool_docs(data_root / TASK.docs_file)
+    rows = metatool.load_queries_csv(data_root / TASK.data_file, docs)
     assert len(rows) == 20614 and rows[-1].id == "q-20615"
     # No row of all_clean_data.csv is "no tool" (its negatives are Task1's); no cell is empty.
     assert not [r for r in rows if r.tool is None]
@@ -128,43 +129,42 @@ def test_choice_metrics():
 
 @pytest.mark.parametrize("reranker", ["llm", "embedding"])
 def test_train_and_infer_metatool_end_to_end(tiny_backbone, data_root, tmp_path, reranker, monkeypatch):
-    from toolken_plus.adapter.head import ToolkenHead
-    from toolken_plus.infer import choice as choice_eval
-    from toolken_plus.rerank.base import build_reranker
+    from toolken_plus.adapter import ToolkenHead
+    from toolken_plus.infer.recipe import run_inference
     from toolken_plus.rerank.embedder import HashEmbedder
 
     if reranker == "embedding":  # the MiniLM model is tested elsewhere; keep this fast
         monkeypatch.setattr("toolken_plus.rerank.embedder.SentenceEmbedder", lambda *a, **k: HashEmbedder())
-    rcfg = {"name": reranker, "k": 3, "max_train": 80, "max_val": 40, "epochs": 2, "state_batch": 8}
-    cfg = {"seed": 0, "cache_dir": str(tmp_path / "cache"), "task": TASK, "reranker": rcfg,
-           "data": {"root": str(data_root), "limit_train": 80, "limit_eval": 40, "max_length": 128},
-           "trainer": {"epochs": 2, "lr": 1e-2, "batch_size": 16, "progress": False},
-           "model": {"kind": "tiny_random"}, "logger": None}
+    spec = (LLMRerank(max_train=80, max_val=40, epochs=2, state_batch=8) if reranker == "llm"
+            else EmbeddingRerank(max_val=40))
+    cfg = TrainConfig(task=MetaTool(), model=TinyRandomBackbone(hidden_size=16), reranker=spec, cache_dir=str(tmp_path / "cache"),
+                      data=DataConfig(root=str(data_root), limit_train=80, limit_eval=40, max_length=128),
+                      trainer=TrainerConfig(epochs=2, lr=1e-2, batch_size=16, progress=False))
     run = tmp_path / "train"
-    recipe = TrainToolkensRecipe(cfg, run, backbone=tiny_backbone)
-    metrics = recipe.run()
+    metrics = TrainToolkensRecipe(cfg, run, backbone=tiny_backbone).run()
     assert "val_rerank/accuracy" in metrics
     saved = json.loads((run / "toolken_config.json").read_text())
     assert saved["reranker"]["name"] == reranker and len(saved["tools"]) == 199
     for which in ("selection", "awareness"):
-        icfg = {**cfg, "checkpoint": str(run), "data": {**cfg["data"], "eval": which, "limit_eval": 24},
-                "agent": {"progress": False}}
-        m, out = choice_eval.run_choice_inference(icfg, tmp_path / which, backbone=tiny_backbone)
-        assert m["n"] == 24 and m["reranker"] == reranker
+        icfg = InferConfig(checkpoint=str(run), reranker=spec, data=DataConfig(root=str(data_root), eval=which, limit_eval=24),
+                           agent=AgentConfig(progress=False))
+        out = tmp_path / which
+        m, rows, task = run_inference(icfg, out, backbone=tiny_backbone)  # the task comes from the checkpoint
+        assert task.name == "metatool" and m["n"] == 24 and m["reranker"] == reranker
         # the selected tool is always one of stage 1's top-k candidates
         assert 0.0 <= m["top1_accuracy"] <= m["top3_accuracy"] <= 1.0
-        assert all(r["selected"] in r["stage1_topk"] for r in (json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()))
+        assert all(r["selected"] in r["stage1_topk"] for r in rows)
         assert (out / "confusion.png").stat().st_size > 1000 and (out / "report.md").is_file()
-        rows = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
-        assert len(rows) == 24 and all(set(r["rerank"]) == {"candidates", "chosen", "scores"} for r in rows)
+        on_disk = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
+        assert on_disk == rows and all(set(r["rerank"]) == {"candidates", "chosen", "ranking"} for r in rows)
         if which == "awareness":
             assert "awareness_accuracy" in m and "call_f1" in m
     # the checkpoint carries what stage 2 learnt: W_r (tools + Reject) or the calibrated threshold
-    head = ToolkenHead.load(run)
-    built = build_reranker({"name": reranker, "k": 3}, tiny_backbone, head, {n: "" for n in head.tool_names},
-                           embedder=HashEmbedder())
-    assert built.name == reranker
+    head = ToolkenHead.from_pretrained(run)
     if reranker == "llm":
+        built = LLMRerank().build(tiny_backbone, head, {n: "" for n in head.tool_names})
         assert head.rerank_weight.shape == (200, tiny_backbone.hidden_size)
     else:
+        built = EmbeddingRerank().build(tiny_backbone, head, {n: "" for n in head.tool_names}, embedder=HashEmbedder())
         assert built.threshold == saved["reranker"]["threshold"]
+    assert built.name == reranker

@@ -103,7 +103,7 @@ def test_checkpoint_needing_a_tool_of_an_exiting_plugin_names_the_plugin(install
     install(exiting_distribution)
     checkpoint = tmp_path / "run"
     checkpoint.mkdir()
-    ToolkenHead(["add", "quit_tool"], 8).save(checkpoint)
+    ToolkenHead(["add", "quit_tool"], 8).save_pretrained(checkpoint)
     with pytest.raises(UnknownToolError) as err:
         checkpoint_tools(checkpoint)
     msg = str(err.value)
@@ -171,6 +171,7 @@ def test_cli_reports_a_plugin_that_exits_and_still_lists_the_others(tmp_path):
 def test_agent_names_a_missing_plugin(tmp_path, tiny_backbone, data_root):
     from toolken_plus.infer.recipe import load_agent
 
-    ToolkenHead(["add", "weather"], tiny_backbone.hidden_size).save(tmp_path, backbone=tiny_backbone)
+    ToolkenHead(["add", "weather"], tiny_backbone.hidden_size).save_pretrained(tmp_path, backbone=tiny_backbone,
+                                                                              task={"name": "gsm8k_xl"})
     with pytest.raises(UnknownToolError, match="no registered tool 'weather'.*toolken-plus tools"):
         load_agent(tmp_path, backbone=tiny_backbone, data_root=data_root, prompt=PROMPT)

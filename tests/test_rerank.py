@@ -5,18 +5,17 @@ import torch
 
 from toolken_plus.kv.rows import crop_row, prefix_row
 from toolken_plus.rerank.base import (
-    EmbeddingReranker,
-    LLMReranker,
     NoReranker,
-    RerankQuery,
+    RerankContext,
     candidate_mask,
-    candidates,
     doc_block,
-    init_rerank_weight,
     masked_scores,
 )
+from toolken_plus.rerank.base import top_candidates as candidates
 from toolken_plus.rerank.embedder import HashEmbedder
-from toolken_plus.train.rerank_fit import RerankSet, calibrate_threshold, mine, rerank_metrics, subsample, train_rerank_weight
+from toolken_plus.rerank.embedding import EmbeddingReranker, calibrate_threshold
+from toolken_plus.rerank.llm import LLMReranker, RerankSet, init_rerank_weight, rerank_metrics, train_rerank_weight
+from toolken_plus.rerank.mining import MinedSet, mine, subsample
 
 TOOLS = ["add", "subtract", "multiply", "divide"]
 DOCS = {"add": "adds two numbers", "subtract": "subtracts the second number from the first",
@@ -61,8 +60,9 @@ def test_rerank_state_with_reused_kv_equals_full_forward(tiny_backbone):
     layers, n = prefix_row(tiny_backbone, ids)
     # two rows of different lengths batched together: padding must not leak
     short = ids[:7]
-    qs = [RerankQuery(scores, layers=layers, n=n), RerankQuery(scores.flip(0), layers=crop_row(layers, 7), n=7)]
-    g, cands = rr.states(qs)
+    qs = [RerankContext(scores, layers=layers, n=n), RerankContext(scores.flip(0), layers=crop_row(layers, 7), n=7)]
+    cands = [candidates(q.scores, 2) for q in qs]
+    g = rr.states(qs, cands)
     assert cands == [[2, 3], [1, 0]]
     for row, (c, ctx) in enumerate(zip(cands, [ids, short])):
         full = ctx + rr.block_ids(c)
@@ -72,7 +72,7 @@ def test_rerank_state_with_reused_kv_equals_full_forward(tiny_backbone):
     # pending tokens (not yet in the row) are the same as having them cached
     half = len(ids) // 2
     pl, pn = prefix_row(tiny_backbone, ids[:half])
-    g2, _ = rr.states([RerankQuery(scores, layers=pl, n=pn, pending=ids[half:])])
+    g2 = rr.states([RerankContext(scores, layers=pl, n=pn, pending=ids[half:])], cands[:1])
     assert torch.allclose(g2[0], g[0], atol=1e-4)
 
 
@@ -82,20 +82,22 @@ def test_llm_reranker_decides_with_w_r_and_rejects(tiny_backbone):
     rr = LLMReranker(tiny_backbone, w, TOOLS, DOCS, k=2)
     ids = tiny_backbone.tokenizer("She has 100 - 50 =", add_special_tokens=False)["input_ids"]
     layers, n = prefix_row(tiny_backbone, ids)
-    q = RerankQuery(torch.tensor([0.0, 2.0, 1.0, -1.0]), layers=layers, n=n)
-    g, cands = rr.states([q])
+    q = RerankContext(torch.tensor([0.0, 2.0, 1.0, -1.0]), layers=layers, n=n)
+    cands = candidates(q.scores, 2)
+    g = rr.states([q], [cands])
     w[2] = g[0] * 10  # tool 2 scores highest
     w[0] = g[0] * 100  # tool 0 scores even higher, but is not a candidate
-    assert rr.decide([q])[0].chosen == 2
+    assert rr.rank(q, cands)[0].tool == "multiply"
     w[4] = g[0] * 20  # Reject beats both candidates
-    dec = rr.decide([q])[0]
-    assert dec.chosen is None and dec.candidates == [1, 2] and len(dec.scores) == 3
-    assert dec.to_dict(TOOLS)["chosen"] is None
+    ranked = rr.rank(q, cands)
+    assert ranked[0].is_reject and [r.tool for r in ranked] == [None, "multiply", "subtract"]
+    assert [r.score for r in ranked] == sorted((r.score for r in ranked), reverse=True)  # best first
 
 
 def test_no_reranker_is_stage1_argmax():
-    dec = NoReranker(k=3).decide([RerankQuery(torch.tensor([0.0, 2.0, 1.0, -1.0]))])[0]
-    assert dec.chosen == 1 and dec.candidates == [1, 2, 0]
+    q = RerankContext(torch.tensor([0.0, 2.0, 1.0, -1.0]))
+    ranked = NoReranker(TOOLS, k=3).rank(q, candidates(q.scores, 3))
+    assert [r.tool for r in ranked] == ["subtract", "multiply", "add", None] and not NoReranker(TOOLS).reranks
 
 
 def test_mine_keeps_gold_positions_and_false_positive_triggers():
@@ -137,8 +139,8 @@ class _TextContexts:
     def __init__(self, texts):
         self.texts = texts
 
-    def queries(self, rows, scores, force):
-        return [RerankQuery(s, text=self.texts[r], force=f) for r, s, f in zip(rows, scores, force)]
+    def contexts(self, rows, scores):
+        return [RerankContext(s, text=self.texts[r]) for r, s in zip(rows, scores)]
 
 
 def test_embedding_reranker_prefers_matching_doc_and_calibrates_reject():
@@ -147,12 +149,13 @@ def test_embedding_reranker_prefers_matching_doc_and_calibrates_reject():
              "the weather is nice today", "a story about a cat"]
     rr = EmbeddingReranker(emb, TOOLS, DOCS, k=4, alpha=1.0)
     flat = torch.zeros(4)
-    assert rr.decide([RerankQuery(flat, text=texts[0])])[0].chosen == 3
-    rows, labels = torch.arange(4), torch.tensor([3, 2, 4, 4])
-    thr, metrics = calibrate_threshold(rr, _TextContexts(texts), rows, labels, torch.zeros(4, 4), n_tools=4)
+    all4 = candidates(flat, 4)
+    assert rr.rank(RerankContext(flat, text=texts[0]), all4)[0].tool == "divide"
+    mined = MinedSet(torch.arange(4), torch.tensor([3, 2, 4, 4]), torch.zeros(4, 4), _TextContexts(texts), n_tools=4)
+    thr, metrics = calibrate_threshold(rr, mined)
     rr.threshold = thr
-    chosen = [d.chosen for d in rr.decide([RerankQuery(flat, text=t) for t in texts])]
-    assert chosen == [3, 2, None, None] and metrics["val_rerank/accuracy"] == 1.0
+    chosen = [r[0].tool for r in rr.rank_batch([RerankContext(flat, text=t) for t in texts], [all4] * 4)]
+    assert chosen == ["divide", "multiply", None, None] and metrics["val_rerank/accuracy"] == 1.0
 
 
 def test_hash_embedder_is_deterministic_and_unit_norm():

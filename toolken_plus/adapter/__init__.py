@@ -1,6 +1,18 @@
 """The trained adapter: toolken rows W_τ, the calibrated logit bias and the
-Toolken+ rerank rows W_r, saved as a small self-describing folder."""
+Toolken+ rerank rows W_r (head.py), saved as a small self-describing folder
+(config.py)."""
 
-from toolken_plus.adapter.head import CONFIG_NAME, WEIGHTS_NAME, CheckpointError, ToolkenHead
+from toolken_plus.adapter.config import (
+    CONFIG_NAME,
+    RERANK_KEY,
+    TOOLKEN_KEY,
+    WEIGHTS_NAME,
+    BaseModel,
+    CheckpointError,
+    ToolEntry,
+    ToolkenConfig,
+)
+from toolken_plus.adapter.head import ToolkenHead, checkpoint_tools
 
-__all__ = ["CONFIG_NAME", "CheckpointError", "ToolkenHead", "WEIGHTS_NAME"]
+__all__ = ["BaseModel", "CONFIG_NAME", "CheckpointError", "RERANK_KEY", "TOOLKEN_KEY", "ToolEntry", "ToolkenConfig",
+           "ToolkenHead", "WEIGHTS_NAME", "checkpoint_tools"]

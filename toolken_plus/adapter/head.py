@@ -1,16 +1,16 @@
 """ToolkenHead: the only trainable part. One embedding row per tool (W_τ)
-beside the frozen vocabulary head, plus the calibrated logit bias.
+beside the frozen vocabulary head, the calibrated logit bias, and for
+Toolken+ the rerank rows W_r (one per tool, Reject last).
 
-On disk it is a tiny self-describing adapter (PEFT-style):
-  toolkens.safetensors   tensors ("toolken.weight", later "rerank.weight")
-  toolken_config.json    backbone identity, tool names + doc hashes, bias, data hash
+`save_pretrained` / `from_pretrained` write and read the adapter folder
+described in config.py (toolkens.safetensors + toolken_config.json).
 """
 
 from __future__ import annotations
 
-import json
+import importlib.metadata
 import logging
-import math
+import time
 import warnings
 from pathlib import Path
 from typing import Iterable
@@ -19,20 +19,21 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from toolken_plus.adapter.config import (
+    CONFIG_NAME,
+    RERANK_KEY,
+    TOOLKEN_KEY,
+    WEIGHTS_NAME,
+    BaseModel,
+    CheckpointError,
+    ToolEntry,
+    ToolkenConfig,
+)
 from toolken_plus.rundir import atomic_write
 from toolken_plus.tools.plugins import discover_tools
 from toolken_plus.tools.registry import Tool, doc_hash
 
 log = logging.getLogger(__name__)
-
-WEIGHTS_NAME = "toolkens.safetensors"
-CONFIG_NAME = "toolken_config.json"
-FORMAT_VERSION = 1
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file that is missing, unreadable, or not what we wrote;
-    the message names the file."""
 
 
 def check_finite(tensors: dict[str, torch.Tensor], where: str) -> None:
@@ -64,6 +65,7 @@ class ToolkenHead(nn.Module):
         # reranker trainer; None for a plain ToolkenGPT head.
         self.rerank_weight: nn.Parameter | None = None
         self.rerank_config: dict = {}
+        self.config: ToolkenConfig | None = None  # as read from / written to disk
         self.reset_parameters(init_std, seed)
 
     def reset_parameters(self, init_std: float | None = None, seed: int = 0) -> None:
@@ -85,31 +87,37 @@ class ToolkenHead(nn.Module):
         return hidden @ self.weight.T
 
     # ------------------------------------------------------------------ io
-    def save(self, out_dir: str | Path, *, backbone=None, tool_docs: dict[str, str] | None = None, extra: dict | None = None) -> None:
+    def save_pretrained(self, out_dir: str | Path, *, backbone=None, model_spec: dict | None = None,
+                        tool_docs: dict[str, str] | None = None, task: dict | None = None,
+                        provenance: dict | None = None) -> ToolkenConfig:
+        """Write the adapter folder. `backbone` + `model_spec` (backbone/loading.py
+        `backbone_spec`) record which base model it needs and how to rebuild it;
+        `tool_docs` the docs its tools are trained with (hashed); `task` the
+        task's settings."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        tensors = {**self.extra_tensors, "toolken.weight": self.weight.detach().float().contiguous()}
+        tensors = {**self.extra_tensors, TOOLKEN_KEY: self.weight.detach().float().contiguous()}
         if self.rerank_weight is not None:
-            tensors["rerank.weight"] = self.rerank_weight.detach().float().contiguous()
-        config = {
-            "format_version": FORMAT_VERSION,
-            "tools": [{"name": n, "doc_hash": self._doc_hash(n, tool_docs or {})} for n in self.tool_names],
-            "hidden_size": self.weight.shape[1],
-            "logit_bias": float(self.logit_bias),
-        }
-        if self.rerank_config:
-            config["reranker"] = dict(self.rerank_config)
+            tensors[RERANK_KEY] = self.rerank_weight.detach().float().contiguous()
+        base = None
         if backbone is not None:
-            config["backbone"] = {
-                "name": backbone.name,
-                "revision": backbone.revision,
-                "hidden_size": backbone.hidden_size,
-                "vocab_size": backbone.vocab_size,
-            }
-        config.update(extra or {})
+            base = BaseModel(backbone.name, backbone.revision, backbone.hidden_size, backbone.vocab_size, model_spec)
+        elif self.config is not None:
+            base = self.config.base_model
+        config = ToolkenConfig(
+            tools=[ToolEntry(n, self._doc_hash(n, tool_docs or {})) for n in self.tool_names],
+            hidden_size=self.weight.shape[1],
+            logit_bias=float(self.logit_bias),
+            base_model=base,
+            reranker=dict(self.rerank_config),
+            task=dict(task if task is not None else (self.config.task if self.config else {})),
+            provenance={"toolken_plus": _version(), "saved": time.strftime("%Y-%m-%dT%H:%M:%S"), **(provenance or {})},
+        )
         check_finite({**tensors, "logit_bias": self.logit_bias.detach()}, str(out / WEIGHTS_NAME))
         atomic_write(out / WEIGHTS_NAME, lambda p: save_file(tensors, str(p)))
-        atomic_write(out / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(config, indent=2)))
+        config.save(out)
+        self.config = config
+        return config
 
     def _doc_hash(self, name: str, tool_docs: dict[str, str]) -> str:
         if name in tool_docs:
@@ -117,63 +125,53 @@ class ToolkenHead(nn.Module):
         return self.doc_hashes.get(name, doc_hash(""))
 
     @classmethod
-    def load(cls, path: str | Path, *, backbone=None, tool_docs: dict[str, str] | None = None) -> "ToolkenHead":
+    def from_pretrained(cls, path: str | Path, *, backbone=None, tool_docs: dict[str, str] | None = None) -> "ToolkenHead":
+        """Read an adapter folder; with `backbone`, check it is the one the
+        toolkens were trained on (another revision warns, another width fails);
+        with `tool_docs`, warn about docs that changed since training."""
         path = Path(path)
-        config = read_config(path)
-        names = [t["name"] for t in config["tools"]]
-        head = cls(names, config["hidden_size"])
+        config = ToolkenConfig.load(path)
+        names = config.tool_names
+        head = cls(names, config.hidden_size)
         tensors = read_tensors(path / WEIGHTS_NAME)
-        weight = tensors.get("toolken.weight")
+        weight = tensors.get(TOOLKEN_KEY)
         if weight is None or tuple(weight.shape) != tuple(head.weight.shape):
-            got = "no toolken.weight" if weight is None else f"toolken.weight of shape {tuple(weight.shape)}"
+            got = f"no {TOOLKEN_KEY}" if weight is None else f"{TOOLKEN_KEY} of shape {tuple(weight.shape)}"
             raise CheckpointError(f"{path / WEIGHTS_NAME}: {got}; {CONFIG_NAME} describes {len(names)} tools "
-                                  f"of width {config['hidden_size']}")
+                                  f"of width {config.hidden_size}")
         with torch.no_grad():
             head.weight.copy_(weight)
-            head.logit_bias.fill_(config.get("logit_bias", 0.0))
-        head.extra_tensors = {k: v for k, v in tensors.items() if k != "toolken.weight"}
-        head.doc_hashes = {t["name"]: t.get("doc_hash", "") for t in config["tools"]}
-        if "rerank.weight" in tensors:
-            if tuple(tensors["rerank.weight"].shape) != (len(names) + 1, head.weight.shape[1]):
-                raise CheckpointError(f"{path / WEIGHTS_NAME}: rerank.weight has shape {tuple(tensors['rerank.weight'].shape)}; "
+            head.logit_bias.fill_(config.logit_bias)
+        head.extra_tensors = {k: v for k, v in tensors.items() if k != TOOLKEN_KEY}
+        head.doc_hashes = config.doc_hashes
+        if RERANK_KEY in tensors:
+            if tuple(tensors[RERANK_KEY].shape) != (len(names) + 1, head.weight.shape[1]):
+                raise CheckpointError(f"{path / WEIGHTS_NAME}: {RERANK_KEY} has shape {tuple(tensors[RERANK_KEY].shape)}; "
                                       f"expected one row per tool plus Reject ({len(names) + 1}, {head.weight.shape[1]})")
-            head.rerank_weight = nn.Parameter(tensors["rerank.weight"], requires_grad=False)
-        head.rerank_config = dict(config.get("reranker", {}))
+            head.rerank_weight = nn.Parameter(tensors[RERANK_KEY], requires_grad=False)
+        head.rerank_config = dict(config.reranker)
         head.config = config
         if backbone is not None:
-            saved = config.get("backbone", {})
-            if saved and (saved.get("name"), saved.get("revision")) != (backbone.name, backbone.revision):
-                warnings.warn(
-                    f"{path}: toolkens were trained on {saved.get('name')}@{saved.get('revision')}, "
-                    f"loaded on {backbone.name}@{backbone.revision}",
-                    stacklevel=2,
-                )
-            if saved.get("hidden_size", head.weight.shape[1]) != backbone.hidden_size:
-                raise ValueError(f"{path}: hidden size {saved['hidden_size']} != backbone's {backbone.hidden_size}")
+            saved = config.base_model
+            if saved and (saved.name, saved.revision) != (backbone.name, backbone.revision):
+                warnings.warn(f"{path}: toolkens were trained on {saved.name}@{saved.revision}, "
+                              f"loaded on {backbone.name}@{backbone.revision}", stacklevel=2)
+            if config.hidden_size != backbone.hidden_size:
+                raise ValueError(f"{path}: hidden size {config.hidden_size} != backbone's {backbone.hidden_size} "
+                                 f"({backbone.name}); the toolkens were trained on "
+                                 f"{saved.name if saved else 'another backbone'}")
         if tool_docs is not None:
-            for t in config["tools"]:
-                if t["name"] in tool_docs and t.get("doc_hash") != doc_hash(tool_docs[t["name"]]):
-                    warnings.warn(f"{path}: the documentation of tool {t['name']!r} changed since training", stacklevel=2)
+            for name, h in config.doc_hashes.items():
+                if name in tool_docs and h != doc_hash(tool_docs[name]):
+                    warnings.warn(f"{path}: the documentation of tool {name!r} changed since training", stacklevel=2)
         return head
 
 
-def read_config(path: Path) -> dict:
-    """toolken_config.json of a checkpoint folder, checked for the fields every reader needs."""
-    file = Path(path) / CONFIG_NAME
-    if not file.is_file():
-        raise FileNotFoundError(f"no {CONFIG_NAME} in {path}: not a toolken checkpoint (the run dir of train.py)")
+def _version() -> str:
     try:
-        config = json.loads(file.read_text(encoding="utf-8"))
-        names = [t["name"] for t in config["tools"]]
-        width = int(config["hidden_size"])
-    except (ValueError, KeyError, TypeError) as err:  # JSON, UTF-8 and shape errors alike
-        raise CheckpointError(f"{file}: not a valid toolken config ({type(err).__name__}: {err})") from None
-    if not names or width <= 0 or not all(isinstance(n, str) for n in names):
-        raise CheckpointError(f"{file}: not a valid toolken config (tools {names!r}, hidden_size {width})")
-    bias = config.get("logit_bias", 0.0)
-    if isinstance(bias, bool) or not isinstance(bias, (int, float)) or not math.isfinite(bias):
-        raise CheckpointError(f"{file}: logit_bias {bias!r} is not a finite number")
-    return config
+        return importlib.metadata.version("toolken_plus")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def read_tensors(file: Path) -> dict[str, torch.Tensor]:
@@ -192,7 +190,7 @@ def checkpoint_tools(checkpoint: str | Path, data_root: str | Path | None = None
     """The tools a checkpoint's toolkens stand for, in its order: tools handed
     over in code (`given`) first, installed ones from the registry for the rest.
     An error names every tool that is not available."""
-    names = [t["name"] for t in read_config(Path(checkpoint))["tools"]]
+    names = ToolkenConfig.load(checkpoint).tool_names
     given = dict(given) if isinstance(given, dict) else {t.name: t for t in given}
     missing = [n for n in names if n not in given]
     found = discover_tools(data_root).resolve(missing) if missing else {}

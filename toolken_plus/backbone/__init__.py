@@ -1,8 +1,11 @@
 """The frozen backbone: what it exposes (`model.py`) and how it is loaded (`loading.py`)."""
 
 from toolken_plus.backbone.loading import (
-    DEFAULT_CACHE_DIR,
+    DEFAULT_BACKBONE,
     SMOLLM2_135M,
+    HFBackbone,
+    TinyRandomBackbone,
+    backbone_spec,
     build_backbone,
     load_backbone,
     load_tokenizer,
@@ -11,5 +14,6 @@ from toolken_plus.backbone.loading import (
 )
 from toolken_plus.backbone.model import Backbone, FewRowsLinear, cache_layers, freeze, times_transposed
 
-__all__ = ["Backbone", "DEFAULT_CACHE_DIR", "FewRowsLinear", "SMOLLM2_135M", "build_backbone", "cache_layers", "freeze",
+__all__ = ["Backbone", "DEFAULT_BACKBONE", "FewRowsLinear", "HFBackbone", "SMOLLM2_135M", "TinyRandomBackbone",
+           "backbone_spec", "build_backbone", "cache_layers", "freeze",
            "load_backbone", "load_tokenizer", "resolve_gguf_path", "times_transposed", "tiny_random_backbone"]

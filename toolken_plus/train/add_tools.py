@@ -25,14 +25,10 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from toolken_plus.adapter.head import CONFIG_NAME, ToolkenHead
-from toolken_plus.tasks.loading import TaskData
+from toolken_plus.adapter import CONFIG_NAME, RERANK_KEY, TOOLKEN_KEY, ToolkenHead
+from toolken_plus.tasks.base import Task, TaskData
 
 log = logging.getLogger(__name__)
-
-TOOLKEN_KEY = "toolken.weight"
-RERANK_KEY = "rerank.weight"
-
 
 def grow_state_dict(old: Mapping[str, torch.Tensor], new_rows: torch.Tensor) -> dict[str, torch.Tensor]:
     """The tensors of a checkpoint enlarged by `new_rows` (m × d) new toolkens.
@@ -68,9 +64,10 @@ class ToolAddition:
     new_docs: dict[str, str] = field(default_factory=dict)  # filled from the task (or the registry)
 
     @classmethod
-    def from_config(cls, cfg: dict) -> "ToolAddition | None":
-        add = list((cfg.get("tools") or {}).get("add") or [])
-        ckpt = cfg.get("checkpoint")
+    def from_config(cls, cfg) -> "ToolAddition | None":
+        """From a TrainConfig: `checkpoint` and `tools.add`, `tools.recalibrate_bias`."""
+        add = list(cfg.tools.add or [])
+        ckpt = cfg.checkpoint
         if not add and not ckpt:
             return None
         if not ckpt:
@@ -81,19 +78,19 @@ class ToolAddition:
         ckpt = Path(ckpt)
         if not (ckpt / CONFIG_NAME).is_file():
             raise FileNotFoundError(f"checkpoint={ckpt}: no {CONFIG_NAME} there (expected the run dir of train.py)")
-        base = ToolkenHead.load(ckpt)
+        base = ToolkenHead.from_pretrained(ckpt)
         dup = sorted({n for n in add if add.count(n) > 1})
         if dup:
             raise ValueError(f"tools.add names {dup} more than once")
         already = [n for n in add if n in base.tool_names]
         if already:
             raise ValueError(f"tools.add: {already} are already in {ckpt} (its tools: {base.tool_names})")
-        reranker = (cfg.get("reranker") or {}).get("name", "none")
+        reranker = getattr(cfg.reranker, "name", "none")
         trained_with = base.rerank_config.get("name", "none")
         if reranker != "none" and reranker != trained_with:
             raise ValueError(f"adding tools with reranker={reranker} to {ckpt}, which was trained with "
                              f"reranker={trained_with}: use the same reranker (or reranker=none to keep stage 2 as it is)")
-        return cls(ckpt, base, add, bool((cfg.get("tools") or {}).get("recalibrate_bias", False)))
+        return cls(ckpt, base, add, bool(cfg.tools.recalibrate_bias))
 
     @property
     def old_names(self) -> list[str]:
@@ -107,13 +104,11 @@ class ToolAddition:
     def n_old(self) -> int:
         return len(self.base.tool_names)
 
-    def task_config(self, task: dict) -> dict:
-        """`task=custom` without `task.tools`: its data calls the new tools."""
-        if task.get("name") == "custom" and not task.get("tools"):
-            return {**task, "tools": list(self.new_names)}
-        return task
+    def task_for(self, task: Task) -> Task:
+        """The task as it trains the new tools (task=custom without task.tools: its data calls them)."""
+        return task.with_tools(self.new_names)
 
-    def check(self, task: TaskData, backbone, data_root: str | Path | None = None) -> None:
+    def check(self, task: TaskData, task_name: str, backbone, data_root: str | Path | None = None) -> None:
         """The task's data may call old and new tools; every new tool needs
         documentation and at least one training call; the backbone must be the
         one the old rows were trained on."""
@@ -136,10 +131,10 @@ class ToolAddition:
         silent = [n for n, k in calls.items() if k == 0]
         if silent:
             raise ValueError(f"no training example calls {silent}: a new toolken needs examples of its calls "
-                             f"(task {task.name!r}, {len(task.train)} training examples)")
-        saved = self.base.config.get("backbone", {})
-        if saved and (saved.get("name"), saved.get("revision")) != (backbone.name, backbone.revision):
-            raise ValueError(f"{self.checkpoint} was trained on {saved.get('name')}@{saved.get('revision')}, this run "
+                             f"(task {task_name!r}, {len(task.train)} training examples)")
+        saved = self.base.config.base_model
+        if saved and (saved.name, saved.revision) != (backbone.name, backbone.revision):
+            raise ValueError(f"{self.checkpoint} was trained on {saved.name}@{saved.revision}, this run "
                              f"uses {backbone.name}@{backbone.revision}: add tools with the same model=…")
         log.info("adding %s to %s (%d old toolkens kept frozen; %s)", self.new_names, self.checkpoint, self.n_old,
                  ", ".join(f"{n}: {k} training calls" for n, k in calls.items()))
@@ -184,7 +179,7 @@ class ToolAddition:
         if not torch.equal(head.weight.detach()[: self.n_old], self.base.weight.detach()):
             raise RuntimeError("the old toolken rows changed during training (a bug: they should be frozen)")
 
-    def extra_config(self) -> dict:
+    def provenance(self) -> dict:
         return {"added_tools": {"base_checkpoint": str(self.checkpoint), "base_tools": self.old_names,
                                 "new_tools": self.new_names,
                                 "bias": "recalibrated" if self.recalibrate_bias else "kept from the base checkpoint"}}

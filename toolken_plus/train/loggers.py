@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 
 class JsonlLogger:
@@ -48,12 +50,31 @@ class MultiLogger:
             lg.finish()
 
 
-def build_logger(cfg: dict, run_dir: Path, full_config: dict) -> MultiLogger:
-    kind = (cfg or {}).get("kind", "none")
-    jsonl = JsonlLogger(Path(run_dir) / "train_log.jsonl")
-    if kind == "none":
-        return MultiLogger(jsonl)
-    if kind == "wandb":
-        return MultiLogger(jsonl, WandbLogger(run_dir, full_config, cfg.get("project", "toolken_plus"),
-                                              cfg.get("entity"), cfg.get("mode", "offline"), cfg.get("tags", ())))
-    raise ValueError(f"unknown logger.kind {kind!r}: expected 'none' or 'wandb'")
+@dataclass
+class NoLogger:
+    """logger=none: metrics go to the run dir only (train_log.jsonl, metrics.json)."""
+
+    name: str = "none"
+
+    def build(self, run_dir: Path, config: dict) -> MultiLogger:
+        return MultiLogger(JsonlLogger(Path(run_dir) / "train_log.jsonl"))
+
+
+@dataclass
+class Wandb:
+    """logger=wandb: Weights & Biases, offline unless WANDB_MODE says otherwise (`wandb sync` later)."""
+
+    name: str = "wandb"
+    project: str = "toolken_plus"
+    entity: Optional[str] = None
+    mode: Optional[str] = None  # None: $WANDB_MODE, else offline
+    tags: list[str] = field(default_factory=list)
+
+    def build(self, run_dir: Path, config: dict) -> MultiLogger:
+        mode = self.mode or os.environ.get("WANDB_MODE") or "offline"
+        return MultiLogger(JsonlLogger(Path(run_dir) / "train_log.jsonl"),
+                           WandbLogger(Path(run_dir), config, self.project, self.entity, mode, self.tags))
+
+
+def build_logger(spec, run_dir: Path, config: dict) -> MultiLogger:
+    return (spec or NoLogger()).build(run_dir, config)

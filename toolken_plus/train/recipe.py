@@ -1,8 +1,13 @@
-"""The stage-1 training recipe: task data → encodings → feature caches →
-toolken head → calibrated bias → checkpoint + metrics in the run dir.
+"""The training recipe behind train.py: task data → encodings → feature
+caches → toolken head → calibrated bias → stage 2 (reranker) → adapter +
+metrics in the run dir.
 
-`train.py` is a thin Hydra wrapper around `TrainToolkensRecipe`; tests and
-notebooks call it directly with a plain dict config.
+    recipe = TrainToolkensRecipe(TrainConfig(task=Gsm8kXL(), model=TinyRandomBackbone()), "runs/x")
+    metrics = recipe.run()          # setup() → train() → save()
+
+It speaks to the task only through the Task seam (tasks/base.py), to the
+reranker only through its spec (`fit`), and takes a TrainConfig object or a
+Hydra config composed on it.
 """
 
 from __future__ import annotations
@@ -16,17 +21,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from toolken_plus.adapter.head import ToolkenHead
-from toolken_plus.backbone import Backbone, build_backbone
-from toolken_plus.config import to_dict
+from toolken_plus.adapter import ToolkenHead
+from toolken_plus.backbone import DEFAULT_BACKBONE, Backbone, backbone_spec, build_backbone
+from toolken_plus.config import as_config, cache_dir, data_root, to_plain
+from toolken_plus.config.schema import TrainConfig
 from toolken_plus.config.validation import validate_config
-from toolken_plus.data.encoding import encode_examples
+from toolken_plus.rerank import NoRerank
 from toolken_plus.rundir import RunDirLock, atomic_write
-from toolken_plus.tasks.loading import TaskData, load_task_data
+from toolken_plus.tasks import Task
 from toolken_plus.train.add_tools import ToolAddition
 from toolken_plus.train.cache import build_feature_cache
 from toolken_plus.train.loggers import build_logger
-from toolken_plus.train.trainer import CachedFeatures, ToolkenTrainer, TrainerConfig, calibrate_head_bias, evaluate_head
+from toolken_plus.train.rerank_fit import fit_reranker
+from toolken_plus.train.trainer import CachedFeatures, ToolkenTrainer, calibrate_head_bias, evaluate_head
 
 log = logging.getLogger(__name__)
 
@@ -38,74 +45,60 @@ def seed_everything(seed: int) -> None:
 
 
 class TrainToolkensRecipe:
-    def __init__(self, cfg, run_dir: str | Path, backbone: Backbone | None = None):
-        self.cfg = to_dict(cfg)
+    def __init__(self, cfg: TrainConfig, run_dir: str | Path, backbone: Backbone | None = None):
+        self.cfg = as_config(cfg, TrainConfig)
         self.run_dir = Path(run_dir)
         self.backbone = backbone
-        self.task: TaskData | None = None
         self.lock = RunDirLock(self.run_dir)
 
     # ---------------------------------------------------------------- setup
     def setup(self) -> None:
         cfg = validate_config(self.cfg)
-        seed_everything(int(cfg.get("seed", 0)))
+        if not isinstance(cfg.task, Task):
+            raise ValueError("task=… is required (e.g. experiment=gsm8k_xl, or task=custom …)")
+        seed_everything(cfg.seed)
         self.lock.acquire()  # released by close(); a second training here fails now, naming this pid
         # checkpoint=… tools.add=[…]: enlarge a trained head instead of starting one
         self.addition = ToolAddition.from_config(cfg)
-        self.task = load_task_data(self.addition.task_config(cfg["task"]) if self.addition else cfg["task"], cfg["data"])
-        for note in self.task.notes:
+        self.task: Task = self.addition.task_for(cfg.task) if self.addition else cfg.task
+        self.data = self.task.load(cfg.data)
+        for note in self.data.notes:
             log.info(note)
-        if not self.task.train:
+        if not self.data.train:
             raise ValueError("no training examples (check data.limit_train and the data files)")
+        self.model_spec = cfg.model or DEFAULT_BACKBONE
         if self.backbone is None:
             t0 = time.perf_counter()
-            self.backbone = build_backbone(cfg["model"])
+            self.backbone = build_backbone(self.model_spec, cache_dir(cfg))
             log.info("backbone %s loaded in %.1f s", self.backbone.name, time.perf_counter() - t0)
         if self.addition:
-            self.addition.check(self.task, self.backbone, cfg["data"]["root"])
-        tool_names = self.addition.tool_names if self.addition else self.task.tool_names
+            self.addition.check(self.data, self.task.name, self.backbone, data_root(cfg.data))
+        tool_names = self.addition.tool_names if self.addition else self.data.tool_names
         tool_index = {n: i for i, n in enumerate(tool_names)}
-        max_len = int(cfg["data"].get("max_length", 512))
+        max_len = cfg.data.max_length
         tok = self.backbone.tokenizer
-        prefix_ids = None
-        if self.task.kind == "choice":  # one choice point per example after a shared prefix (MetaTool)
-            from toolken_plus.tasks.metatool import encode_choices
-
-            self.train_enc = encode_choices(tok, self.task.train, tool_index)
-            self.val_enc = encode_choices(tok, self.task.val, tool_index)
-            prefix_ids = tok(self.task.prefix, add_special_tokens=False)["input_ids"]
-        else:
-            self.train_enc = encode_examples(tok, self.task.train, tool_index, max_len)
-            self.val_enc = encode_examples(tok, self.task.val, tool_index, max_len)
+        self.train_enc = self.task.encode(tok, self.data.train, tool_index, max_len)
+        self.val_enc = self.task.encode(tok, self.data.val, tool_index, max_len)
         self.call_counts = {"train": call_counts(self.train_enc, tool_names), "val": call_counts(self.val_enc, tool_names)}
         check_calls_survive(self.call_counts, max_len, self.addition.new_names if self.addition else [])
-        cache_cfg = cfg.get("cache", {})
-        common = dict(dtype=cache_cfg.get("dtype", "float16"),
-                      max_tokens_per_batch=int(cache_cfg.get("max_tokens_per_batch", 1024)),
-                      progress=bool(cfg["trainer"].get("progress", True)), prefix_ids=prefix_ids)
-        cache_root = Path(cfg["cache_dir"])
+        # Every example follows the task's shared prefix (if any): its KV is computed once.
+        prefix_ids = tok(self.task.shared_prefix, add_special_tokens=False)["input_ids"] if self.task.shared_prefix else None
+        common = dict(dtype=cfg.cache.dtype, max_tokens_per_batch=cfg.cache.max_tokens_per_batch,
+                      progress=cfg.trainer.progress, prefix_ids=prefix_ids)
+        cache_root = cache_dir(cfg)
         self.train_cache = build_feature_cache(self.backbone, self.train_enc, cache_root, desc="train features", **common)
         self.val_cache = (build_feature_cache(self.backbone, self.val_enc, cache_root, desc="val features", **common)
                           if self.val_enc else None)
         if self.val_cache is None:
             log.warning("no validation examples: the logit bias stays 0 and no validation metrics are computed")
-        self.head = (self.addition.build_head(seed=int(cfg.get("seed", 0))) if self.addition
-                     else ToolkenHead(tool_names, self.backbone.hidden_size, seed=int(cfg.get("seed", 0))))
-        self.logger = build_logger(cfg.get("logger"), self.run_dir, cfg)
-        tcfg = cfg["trainer"]
+        self.head = (self.addition.build_head(seed=cfg.seed) if self.addition
+                     else ToolkenHead(tool_names, self.backbone.hidden_size, seed=cfg.seed))
+        self.logger = build_logger(cfg.logger, self.run_dir, to_plain(cfg))
         self.trainer = ToolkenTrainer(
-            self.head,
-            self.train_cache,
-            TrainerConfig(epochs=int(tcfg["epochs"]), lr=float(tcfg["lr"]), batch_size=int(tcfg["batch_size"]),
-                          weight_decay=float(tcfg.get("weight_decay", 0.0)), seed=int(cfg.get("seed", 0)),
-                          progress=bool(tcfg.get("progress", True)),
-                          frozen_rows=self.addition.n_old if self.addition else 0),
-            run_dir=self.run_dir,
-            logger=self.logger,
-            resume=bool(cfg.get("resume", True)),
+            self.head, self.train_cache, cfg.trainer, run_dir=self.run_dir, logger=self.logger,
+            seed=cfg.seed, frozen_rows=self.addition.n_old if self.addition else 0, resume=cfg.resume,
             # A checkpoint is resumed only by a run on the same task and data selection.
-            run_identity={"task": cfg["task"].get("name"), "limit_train": cfg["data"].get("limit_train"),
-                          "max_length": max_len},
+            run_identity={"task": self.task.name, "limit_train": cfg.data.limit_train, "max_length": max_len},
         )
 
     # ---------------------------------------------------------------- train
@@ -120,20 +113,19 @@ class TrainToolkensRecipe:
         if self.val_cache is not None:
             val = CachedFeatures(self.val_cache)
             metrics = {"val_bias0/" + k[4:]: v for k, v in evaluate_head(self.head, val, bias=0.0).items()}
-            grid = tuple(self.cfg.get("calibration", {}).get("grid", (-10.0, 10.0, 0.25)))
             if self.addition is None or self.addition.recalibrate_bias:
-                bias = calibrate_head_bias(self.head, val, grid)
+                bias = calibrate_head_bias(self.head, val, tuple(self.cfg.calibration.grid))
             metrics.update(evaluate_head(self.head, val))
         metrics.update({
             "logit_bias": bias,
             "epochs": self.trainer.epoch,
             "train/loss": self.trainer.history[-1]["train/loss"] if self.trainer.history else None,
-            "train/examples": len(self.task.train),
+            "train/examples": len(self.data.train),
             "train/positions": len(self.train_cache),
             "train/gold_calls": int(self.train_cache.meta["n_tool_positions"]),
             "train/calls_lost": self.call_counts["train"]["lost"],
             "val/calls_lost": self.call_counts["val"]["lost"],
-            "val/examples": len(self.task.val),
+            "val/examples": len(self.data.val),
             "time/train_epochs_s": round(train_seconds, 2),
             "time/train_cache_build_s": self.train_cache.meta["build_seconds"],
             "cache/train_tokens_per_s": self.train_cache.meta["tokens_per_second"],
@@ -145,36 +137,33 @@ class TrainToolkensRecipe:
 
     def train_reranker(self) -> dict:
         """Stage 2 (Toolken+), on top of the trained and calibrated stage-1 head."""
-        rcfg = self.cfg.get("reranker") or {"name": "none"}
-        if rcfg.get("name", "none") == "none":
+        spec = self.cfg.reranker or NoRerank()
+        if not spec.trains:
             return {}
-        from toolken_plus.train.rerank_fit import fit_reranker
-
         t0 = time.perf_counter()
-        out = fit_reranker(rcfg, self.backbone, self.head, kind=self.task.kind, prefix=self.task.prefix,
-                           tool_docs=self.task.tool_docs, train_enc=self.train_enc,
-                           train_feats=self.trainer.data, val_enc=self.val_enc,
+        out = fit_reranker(spec, self.backbone, self.head, prefix=self.task.shared_prefix, tool_docs=self.data.tool_docs,
+                           train_enc=self.train_enc, train_feats=self.trainer.data, val_enc=self.val_enc,
                            val_feats=CachedFeatures(self.val_cache) if self.val_cache is not None else None,
-                           seed=int(self.cfg.get("seed", 0)), progress=bool(self.cfg["trainer"].get("progress", True)),
+                           seed=self.cfg.seed, progress=self.cfg.trainer.progress,
                            frozen_tools=self.addition.n_old if self.addition else 0)
         out["time/reranker_s"] = round(time.perf_counter() - t0, 2)
-        log.info("reranker %s: %s", rcfg["name"], {k: v for k, v in out.items() if "rerank" in k})
+        log.info("reranker %s: %s", spec.name, {k: v for k, v in out.items() if "rerank" in k})
         return out
 
     # ----------------------------------------------------------------- save
     def save(self) -> Path:
-        extra = {
-            "task": self.task.name,
+        provenance = {
             "data_hash": self.train_cache.meta["data_digest"][:16],
-            "train_examples": len(self.task.train),
+            "train_examples": len(self.data.train),
             "epochs": self.trainer.epoch,
         }
-        tool_docs = self.task.tool_docs
+        tool_docs = self.data.tool_docs
         if self.addition:
             self.addition.verify(self.head)
-            extra.update(self.addition.extra_config())
+            provenance.update(self.addition.provenance())
             tool_docs = self.addition.new_docs  # the old tools keep the doc hashes they were trained with
-        self.head.save(self.run_dir, backbone=self.backbone, tool_docs=tool_docs, extra=extra)
+        self.head.save_pretrained(self.run_dir, backbone=self.backbone, model_spec=backbone_spec(self.model_spec),
+                                  tool_docs=tool_docs, task=self.task.config(), provenance=provenance)
         atomic_write(self.run_dir / "metrics.json", lambda p: Path(p).write_text(json.dumps(self.metrics, indent=2)))
         self.logger.finish()
         return self.run_dir
@@ -229,3 +218,14 @@ def format_metrics_table(metrics: dict, tool_names: list[str], prefix: str = "va
     rows.append(f"{'all (micro)':<12}{metrics[f'{prefix}precision']:>10.3f}{metrics[f'{prefix}recall']:>10.3f}"
                 f"{metrics[f'{prefix}f1']:>10.3f}{int(metrics[f'{prefix}gold_calls']):>10d}")
     return "\n".join(rows)
+
+
+def summary(recipe: TrainToolkensRecipe) -> str:
+    """What train.py prints at the end."""
+    m, names = recipe.metrics, recipe.head.tool_names
+    if "val/f1" not in m:
+        return f"trained {len(names)} toolkens without validation data; run dir: {recipe.run_dir}"
+    kept = recipe.addition is not None and not recipe.addition.recalibrate_bias
+    how = "kept from the base checkpoint" if kept else "calibrated on validation"
+    table = format_metrics_table(m, names) if len(names) <= 20 else f"micro F1 {m['val/f1']:.3f} over {len(names)} tools"
+    return f"{table}\nlogit bias {m['logit_bias']:+.2f} ({how}); run dir: {recipe.run_dir}"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -21,26 +21,13 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from toolken_plus.adapter.head import CheckpointError, ToolkenHead, check_finite
+from toolken_plus.config.schema import TrainerConfig
 from toolken_plus.rundir import atomic_write
 from toolken_plus.train.cache import FeatureCache
 from toolken_plus.train.losses import factorized_toolken_loss
 from toolken_plus.train.metrics import calibrate_bias, predicted_tools, tool_call_metrics
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class TrainerConfig:
-    epochs: int = 10
-    lr: float = 1e-3
-    batch_size: int = 1  # examples per optimiser step (ToolkenGPT uses 1)
-    weight_decay: float = 0.0
-    seed: int = 0
-    progress: bool = True
-    # The first `frozen_rows` toolkens stay as they are: adding tools to a
-    # trained head trains only the new rows (they still compete with the old
-    # ones in the loss's softmax).
-    frozen_rows: int = 0
 
 
 class CachedFeatures:
@@ -85,10 +72,17 @@ class ResumeMismatch(ValueError):
 
 
 class ToolkenTrainer:
+    """Trains `head` on a feature cache. `frozen_rows`: the first toolkens stay
+    as they are (adding tools to a trained head trains only the new rows;
+    they still compete with the old ones in the loss's softmax)."""
+
     def __init__(self, head: ToolkenHead, train: FeatureCache, cfg: TrainerConfig, run_dir: str | Path | None = None,
-                 logger=None, *, resume: bool = True, run_identity: dict | None = None):
+                 logger=None, *, seed: int = 0, frozen_rows: int = 0, resume: bool = True,
+                 run_identity: dict | None = None):
         self.head = head
         self.cfg = cfg
+        self.seed = seed
+        self.frozen_rows = frozen_rows
         self.data = CachedFeatures(train)
         self.cache_key = train.meta.get("key")
         self.run_dir = Path(run_dir) if run_dir else None
@@ -99,7 +93,7 @@ class ToolkenTrainer:
         # the caller adds (task, data limits).
         self.identity = {"tools": list(head.tool_names), "cache_key": self.cache_key, **(run_identity or {})}
         self.optimizer = torch.optim.Adam([head.weight], lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.frozen = head.weight.detach()[: cfg.frozen_rows].clone()
+        self.frozen = head.weight.detach()[:frozen_rows].clone()
         self.epoch = 0  # epochs completed
         self.history: list[dict] = []
 
@@ -119,7 +113,7 @@ class ToolkenTrainer:
             tensors[f"optimizer.{key}"] = torch.as_tensor(value).detach().contiguous()
         check_finite(tensors, str(self.checkpoint_path))
         state = {"format": STATE_FORMAT, "epoch": self.epoch, "history": self.history,
-                 "trainer": asdict(self.cfg), "run": self.identity}
+                 "trainer": self._settings(), "run": self.identity}
         atomic_write(self.checkpoint_path,
                      lambda p: save_file(tensors, str(p), metadata={"toolken_plus": json.dumps(state)}))
 
@@ -158,9 +152,13 @@ class ToolkenTrainer:
         log.info("resumed from %s after epoch %d", path, self.epoch)
         return True
 
+    def _settings(self) -> dict:
+        return {**asdict(self.cfg), "seed": self.seed, "frozen_rows": self.frozen_rows}
+
     def _differences(self, state: dict) -> list[str]:
-        saved_cfg, now_cfg = state.get("trainer", {}), asdict(self.cfg)
-        diffs = [f"trainer.{k}: {saved_cfg.get(k)!r} in the checkpoint, {now_cfg[k]!r} now"
+        saved_cfg, now_cfg = state.get("trainer", {}), self._settings()
+        option = {"seed": "seed", "frozen_rows": "tools.add (frozen rows)"}
+        diffs = [f"{option.get(k, 'trainer.' + k)}: {saved_cfg.get(k)!r} in the checkpoint, {now_cfg[k]!r} now"
                  for k in RESUME_MUST_MATCH if saved_cfg.get(k) != now_cfg[k]]
         saved_run = state.get("run", {})
         for k in sorted(set(saved_run) | set(self.identity)):
@@ -171,7 +169,7 @@ class ToolkenTrainer:
 
     # ------------------------------------------------------------ training
     def train_epoch(self) -> float:
-        rng = np.random.default_rng(self.cfg.seed + self.epoch)
+        rng = np.random.default_rng(self.seed + self.epoch)
         order = rng.permutation(self.data.n_examples)
         bs = max(1, self.cfg.batch_size)
         total, steps = 0.0, 0
@@ -192,7 +190,7 @@ class ToolkenTrainer:
         return total / max(steps, 1)
 
     def _step(self) -> None:
-        k = self.cfg.frozen_rows
+        k = self.frozen_rows
         if k:
             self.head.weight.grad[:k] = 0  # keeps Adam's moments of the frozen rows at zero
         self.optimizer.step()

@@ -1,0 +1,48 @@
+"""Hydra's view of the configuration: the schemas of conf/config.yaml
+(TrainConfig) and conf/infer.yaml (InferConfig), and the options of the four
+groups, registered from the classes that define them (one source of truth:
+each option's fields and defaults live in its dataclass).
+
+    model     smollm2_135m (default) | hf | tiny_random          backbone/loading.py
+    task      every Task in toolken_plus/tasks/ by its name      tasks/
+    reranker  none (default) | llm | embedding                   rerank/
+    logger    none (default) | wandb                             train/loggers.py
+
+A group option of your own can also be a YAML file in conf/<group>/ with a
+`_target_` naming its class.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
+
+from toolken_plus.backbone import DEFAULT_BACKBONE, HFBackbone, TinyRandomBackbone
+from toolken_plus.config.schema import InferConfig, TrainConfig
+from toolken_plus.rerank import EmbeddingRerank, LLMRerank, NoRerank
+from toolken_plus.tasks import known_tasks
+from toolken_plus.train.loggers import NoLogger, Wandb
+
+
+def group_options() -> dict[str, dict[str, object]]:
+    """Every option of every group: name → its config node."""
+    hf = OmegaConf.structured(HFBackbone)
+    hf.name_or_path = "???"  # model=hf needs model.name_or_path=<hub id | local dir | file.gguf>
+    return {
+        "model": {"smollm2_135m": DEFAULT_BACKBONE, "hf": hf, "tiny_random": TinyRandomBackbone()},
+        "task": {name: cls() for name, cls in known_tasks().items()},
+        "reranker": {"none": NoRerank(), "llm": LLMRerank(), "embedding": EmbeddingRerank()},
+        "logger": {"none": NoLogger(), "wandb": Wandb()},
+    }
+
+
+@functools.cache
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainConfig)
+    cs.store(name="infer_schema", node=InferConfig)
+    for group, options in group_options().items():
+        for name, node in options.items():
+            cs.store(group=group, name=name, node=node)

@@ -1,0 +1,227 @@
+"""Toolken+'s reranker: the frozen LM reads the current text followed by a
+documentation block for the candidates and a Reject line; its last hidden
+state g, reusing the text's KV cache, is scored by W_r (tool rows initialised
+from W_τ, a Reject row last) under a mask that leaves only the candidates and
+Reject.
+
+Fitting (`LLMRerank.fit`): the doc-block pass is run once for every mined
+training position (the gold tool forced among the candidates), g is cached,
+and W_r is trained by masked cross-entropy over candidates ∪ {Reject}.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import ClassVar, Optional
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from toolken_plus.kv import prefill_rows
+from toolken_plus.rerank.base import (
+    Ranked,
+    RankOne,
+    RerankContext,
+    candidate_mask,
+    doc_block,
+    masked_scores,
+    ranking,
+    top_candidates,
+)
+from toolken_plus.rerank.mining import MinedSet, decision_metrics, stage1_baseline
+
+log = logging.getLogger(__name__)
+
+
+class LLMReranker(RankOne):
+    """g = LM(current text + doc block)[-1], reusing the text's KV; scores W_r·g."""
+
+    name = "llm"
+    reranks = True
+    needs_kv = True
+
+    def __init__(self, backbone, rerank_weight: torch.Tensor, tool_names: list[str],
+                 tool_docs: dict[str, str], k: int = 3, max_doc_chars: int = 200):
+        if rerank_weight.shape[0] != len(tool_names) + 1:
+            raise ValueError(f"W_r has {rerank_weight.shape[0]} rows; expected {len(tool_names)} tools + Reject")
+        self.backbone = backbone
+        self.weight = rerank_weight
+        self.tool_names = list(tool_names)
+        self.tool_docs = tool_docs
+        self.k = k
+        self.max_doc_chars = max_doc_chars
+        self._block_ids: dict[tuple, list[int]] = {}
+
+    @property
+    def n_tools(self) -> int:
+        return len(self.tool_names)
+
+    def block_ids(self, cands: list[int]) -> list[int]:
+        key = tuple(cands)
+        if key not in self._block_ids:
+            text = doc_block(cands, self.tool_names, self.tool_docs, self.max_doc_chars)
+            self._block_ids[key] = self.backbone.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return self._block_ids[key]
+
+    @torch.no_grad()
+    def states(self, contexts: list[RerankContext], candidates: list[list[int]]) -> torch.Tensor:
+        """The rerank hidden states g, one per context."""
+        jobs = [(c.layers, c.n, list(c.pending) + self.block_ids(cands), c.prefix) for c, cands in zip(contexts, candidates)]
+        out = prefill_rows(self.backbone, jobs, keep_rows=False)
+        return torch.stack([h for _, _, h in out])
+
+    def rankings(self, g: torch.Tensor, candidates: list[list[int]]) -> list[list[Ranked]]:
+        logits = g.float() @ self.weight.float().T
+        out = []
+        for row, cands in zip(logits, candidates):
+            s = masked_scores(row, candidate_mask(cands, self.n_tools))
+            out.append(ranking(self.tool_names, cands, [float(s[i]) for i in cands], float(s[self.n_tools])))
+        return out
+
+    def rank_batch(self, contexts: list[RerankContext], candidates: list[list[int]]) -> list[list[Ranked]]:
+        if not contexts:
+            return []
+        return self.rankings(self.states(contexts, candidates), candidates)
+
+
+def init_rerank_weight(toolken_weight: torch.Tensor) -> torch.Tensor:
+    """W_r starts as a copy of W_τ plus a zero Reject row (last)."""
+    return torch.cat([toolken_weight.detach().clone(), toolken_weight.new_zeros(1, toolken_weight.shape[1])])
+
+
+@dataclass
+class RerankSet:
+    """Cached rerank states of mined positions."""
+
+    g: torch.Tensor  # (N, d) rerank hidden states
+    masks: torch.Tensor  # (N, n_tools + 1) candidates + Reject
+    labels: torch.Tensor  # (N,) tool index or n_tools (Reject)
+    seconds: float = 0.0
+
+
+def build_rerank_set(reranker: LLMReranker, mined: MinedSet, *, force_gold: bool = True, seed: int = 0,
+                     batch_size: int = 16, progress: bool = True, desc: str = "rerank states") -> RerankSet:
+    """Run the doc-block pass for every mined row and keep g. Training forces
+    the gold tool into the candidates; evaluation does not (a gold missing
+    from the top-k is then simply a miss)."""
+    n = reranker.n_tools
+    t0 = time.perf_counter()
+    gs, masks = [], []
+    order = mined.rows.tolist()
+    slots = torch.randint(0, 1 << 16, (len(order),), generator=torch.Generator().manual_seed(seed)).tolist()
+    for s in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress, unit="batch"):
+        chunk = order[s : s + batch_size]
+        contexts = mined.contexts.contexts(chunk, mined.scores[chunk])
+        cands = [top_candidates(c.scores, reranker.k, None if (lb == n or not force_gold) else lb, slot)
+                 for c, lb, slot in zip(contexts, mined.labels[s : s + batch_size].tolist(), slots[s : s + batch_size])]
+        gs.append(reranker.states(contexts, cands).float())
+        masks += [candidate_mask(c, n) for c in cands]
+    d = reranker.weight.shape[1]
+    return RerankSet(torch.cat(gs) if gs else torch.zeros(0, d),
+                     torch.stack(masks) if masks else torch.zeros(0, n + 1, dtype=torch.bool),
+                     mined.labels.clone(), time.perf_counter() - t0)
+
+
+def rerank_loss(weight: torch.Tensor, g: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    logits = (g @ weight.T).masked_fill(~masks, float("-inf"))
+    return F.cross_entropy(logits, labels)
+
+
+def train_rerank_weight(init: torch.Tensor, data: RerankSet, *, epochs: int = 20, lr: float = 1e-3,
+                        batch_size: int = 32, seed: int = 0, progress: bool = True,
+                        frozen: torch.Tensor | None = None) -> tuple[torch.Tensor, list[float]]:
+    """Masked cross-entropy over C ∪ {Reject}; returns W_r and the per-epoch
+    losses. Rows marked in `frozen` (bool, one per row) keep their values
+    exactly (adding tools to a trained checkpoint)."""
+    w = torch.nn.Parameter(init.detach().clone().float())
+    kept = init.detach().clone().float()
+    opt = torch.optim.Adam([w], lr=lr)
+    g = torch.Generator().manual_seed(seed)
+    losses = []
+    for _ in tqdm(range(epochs), desc="rerank epochs", disable=not progress, unit="epoch"):
+        order = torch.randperm(len(data.labels), generator=g)
+        total, steps = 0.0, 0
+        for s in range(0, len(order), batch_size):
+            idx = order[s : s + batch_size]
+            loss = rerank_loss(w, data.g[idx], data.masks[idx], data.labels[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if frozen is not None:
+                with torch.no_grad():
+                    w[frozen] = kept[frozen]
+            total, steps = total + loss.item(), steps + 1
+        losses.append(total / max(steps, 1))
+    return w.detach(), losses
+
+
+def rerank_metrics(weight: torch.Tensor, data: RerankSet, n_tools: int, prefix: str = "val_rerank/") -> dict[str, float]:
+    """On mined positions: how often the reranker's argmax is the label."""
+    if len(data.labels) == 0:
+        return {}
+    pred = (data.g @ weight.T).masked_fill(~data.masks, float("-inf")).argmax(1)
+    return decision_metrics(pred, data.labels, n_tools, prefix)
+
+
+@dataclass
+class LLMRerank:
+    """reranker=llm: Toolken+ (see the module docstring)."""
+
+    name: str = "llm"
+    k: int = 3
+    max_doc_chars: int = 200  # each candidate's doc is cut to this in the doc block
+    # fitting W_r
+    max_train: Optional[int] = 3000  # mined positions (seeded subsample); None = all
+    keep_all_rejects: bool = False  # True: the subsample keeps every false-positive (Reject) position
+    max_val: Optional[int] = 500  # mined validation positions for the stage-2 metrics
+    epochs: int = 20
+    lr: float = 1e-3
+    batch_size: int = 32
+    state_batch: int = 16  # doc-block passes per forward
+
+    needs_kv: ClassVar[bool] = True  # fitting extends the mined positions' KV rows
+    trains: ClassVar[bool] = True  # has a stage 2 to fit at training time
+
+    def build(self, backbone, head, tool_docs: dict[str, str]) -> LLMReranker:
+        if head.rerank_weight is None:
+            raise ValueError("reranker=llm needs a checkpoint trained with reranker=llm (no rerank.weight in it)")
+        return LLMReranker(backbone, head.rerank_weight.detach(), head.tool_names, tool_docs, self.k, self.max_doc_chars)
+
+    def fit(self, backbone, head, tool_docs: dict[str, str], train: MinedSet, val: MinedSet | None, *,
+            seed: int = 0, progress: bool = True, frozen_tools: int = 0) -> dict:
+        """Train W_r on `train` and store it in the head. `frozen_tools` > 0
+        (adding tools to a checkpoint): W_r starts from the head's grown
+        matrix and only the new tools' rows train; the first `frozen_tools`
+        rows and Reject stay exactly as they were."""
+        n = head.n_tools
+        out = {"rerank/mined_gold": train.n_golds, "rerank/mined_false_positives": train.n_rejects}
+        train = train.subsample(self.max_train, seed, keep_rejects=self.keep_all_rejects)
+        init, frozen = init_rerank_weight(head.weight), None
+        if frozen_tools:
+            if head.rerank_weight is None or head.rerank_weight.shape[0] != n + 1:
+                raise ValueError("adding tools with reranker=llm needs a base checkpoint trained with reranker=llm")
+            init = head.rerank_weight.detach().clone()
+            frozen = torch.zeros(n + 1, dtype=torch.bool)
+            frozen[:frozen_tools] = True
+            frozen[n] = True
+        reranker = LLMReranker(backbone, init, head.tool_names, tool_docs, self.k, self.max_doc_chars)
+        data = build_rerank_set(reranker, train, batch_size=self.state_batch, progress=progress, desc="rerank states (train)")
+        out.update({"rerank/train_positions": len(train.rows), "rerank/train_golds": train.n_golds,
+                    "rerank/train_rejects": train.n_rejects,  # false positives left after subsampling
+                    "time/rerank_states_s": round(data.seconds, 2)})
+        weight, losses = train_rerank_weight(reranker.weight, data, epochs=self.epochs, lr=self.lr,
+                                             batch_size=self.batch_size, seed=seed, progress=progress, frozen=frozen)
+        out["rerank/train_loss"] = losses[-1] if losses else None
+        out.update(rerank_metrics(weight, data, n, prefix="train_rerank/"))
+        head.rerank_weight = torch.nn.Parameter(weight, requires_grad=False)
+        head.rerank_config = {"name": self.name, "k": self.k, "max_doc_chars": self.max_doc_chars}
+        if val is not None:
+            val = val.subsample(self.max_val, seed)
+            vdata = build_rerank_set(reranker, val, force_gold=False, batch_size=self.state_batch, progress=progress,
+                                     desc="rerank states (val)")
+            out.update(rerank_metrics(weight, vdata, n))
+            out.update(stage1_baseline(val))
+        return out
