@@ -3,8 +3,8 @@ scales with the batch.
 
 Part 1: cProfile of `agent.run_batch` on N GSM8K-XL test questions at one
 batch size; prints total seconds, decoded tokens, calls, and the cumulative
-seconds of decoding steps (`_BatchCache.step`) vs context switches
-(`Agent._switch`, of which batched prefills `_prefill_many`).
+seconds of decoding steps (`BatchCache.step`) vs context switches
+(`Scheduler.switch`, of which batched prefills `prefill_many`).
 Part 2: one decode step of the backbone on a synthetic KV cache of the given
 width (with the agent's room to append) at batch 1 and at the batch size
 (median of 5), and the tokens/s ratio.
@@ -115,7 +115,7 @@ def main(argv=None) -> None:
     print(f"part 1: {len(questions)} questions at batch {args.batch_size}: {total:.1f} s, "
           f"{sum(r.new_tokens for r in results)} reasoning tokens, {sum(len(r.calls) for r in results)} calls")
     print(f"  decode steps      {cumulative(st, 'step'):7.1f} s")
-    print(f"  context switches  {cumulative(st, '_switch'):7.1f} s (batched prefills {cumulative(st, '_prefill_many'):.1f} s)")
+    print(f"  context switches  {cumulative(st, 'switch'):7.1f} s (batched prefills {cumulative(st, 'prefill_many'):.1f} s)")
     one, many = step_ms(agent.backbone, 1, args.width), step_ms(agent.backbone, args.batch_size, args.width)
     print(f"part 2: one decode step at KV width {args.width}: {one:.0f} ms at batch 1, {many:.0f} ms at batch "
           f"{args.batch_size}: {args.batch_size * one / many:.2f}x the tokens/s")

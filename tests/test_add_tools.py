@@ -203,7 +203,7 @@ def test_external_plugin_tool_is_added_trained_and_called(install, tmp_path, tin
 
     script = tiny_backbone.tokenizer('"Paris")', add_special_tokens=False)["input_ids"]
     agent.head.forward = only_weather_wins
-    agent.tool_mode_token = lambda row, vocab: script[len(row.arg_ids)]
+    agent.policy.tool_mode_token = lambda row, vocab: script[len(row.arg_ids)]
     result = agent.run("What is the weather in Paris?")
     (call,) = result.calls
     assert (call.tool, call.args, call.result, call.error) == ("weather", ["Paris"], "sunny, 21 C", None)

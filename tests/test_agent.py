@@ -6,7 +6,8 @@ import torch
 from toolken_plus.adapter.head import ToolkenHead
 from toolken_plus.backbone import cache_layers
 from toolken_plus.data.prompts import FewShotPrompt
-from toolken_plus.infer.agent import Agent, AgentConfig, _closing_paren
+from toolken_plus.infer.agent import Agent, AgentConfig
+from toolken_plus.infer.policy import closing_paren as _closing_paren
 from toolken_plus.tasks.gsm8k import calculator_tools
 from toolken_plus.tasks.gsm8k_xl import Gsm8kXL, stop_at_answer
 
@@ -97,8 +98,8 @@ def test_a_successful_call_writes_its_result_into_the_text(tiny_backbone, tools,
     def tool_mode_token(row, vocab):  # the "model" types the arguments
         return script[len(row.arg_ids)]
 
-    monkeypatch.setattr(agent, "choose_tool", choose_tool)
-    monkeypatch.setattr(agent, "tool_mode_token", tool_mode_token)
+    monkeypatch.setattr(agent.policy, "choose_tool", choose_tool)
+    monkeypatch.setattr(agent.policy, "tool_mode_token", tool_mode_token)
     res = agent.run(QUESTIONS[0])
     (call,) = res.calls
     assert (call.tool, call.args, call.result, call.error) == ("add", [3, 4], "7", None)
@@ -116,12 +117,12 @@ def test_short_results_ride_along_in_decode_steps_when_batched(tiny_backbone, to
 
     def run(bs):
         agent = _agent(tiny_backbone, tools, prompt, logit_bias=-1e9, batch_size=bs, max_new_tokens=8)
-        monkeypatch.setattr(agent, "choose_tool", lambda row, vocab, scores: tools["add"]
+        monkeypatch.setattr(agent.policy, "choose_tool", lambda row, vocab, scores: tools["add"]
                             if row.mode == "reason" and row.new_tokens == 2 and not row.calls else None)
-        monkeypatch.setattr(agent, "tool_mode_token", lambda row, vocab: script[len(row.arg_ids)])
+        monkeypatch.setattr(agent.policy, "tool_mode_token", lambda row, vocab: script[len(row.arg_ids)])
         prefilled = []
-        real = agent._prefill_many
-        monkeypatch.setattr(agent, "_prefill_many", lambda jobs: prefilled.extend(j[2] for j in jobs) or real(jobs))
+        real = agent.scheduler.prefill_many
+        monkeypatch.setattr(agent.scheduler, "prefill_many", lambda jobs: prefilled.extend(j[2] for j in jobs) or real(jobs))
         return agent.run_batch(QUESTIONS[:2]), prefilled
 
     results, prefilled = run(batch_size)
@@ -143,11 +144,11 @@ def test_calling_a_tool_again_extends_its_kept_tool_mode_context(tiny_backbone, 
             return tools["add"]
         return None
 
-    monkeypatch.setattr(agent, "choose_tool", choose_tool)
-    monkeypatch.setattr(agent, "tool_mode_token", lambda row, vocab: script[len(row.arg_ids)])
+    monkeypatch.setattr(agent.policy, "choose_tool", choose_tool)
+    monkeypatch.setattr(agent.policy, "tool_mode_token", lambda row, vocab: script[len(row.arg_ids)])
     prefills = []
-    real = agent._prefill_many
-    monkeypatch.setattr(agent, "_prefill_many", lambda jobs: prefills.append((jobs, real(jobs))) or prefills[-1][1])
+    real = agent.scheduler.prefill_many
+    monkeypatch.setattr(agent.scheduler, "prefill_many", lambda jobs: prefills.append((jobs, real(jobs))) or prefills[-1][1])
     res = agent.run(QUESTIONS[0])
     assert [c.result for c in res.calls] == ["7", "7"]
 
@@ -189,9 +190,9 @@ def test_batched_prefill_equals_separate_prefills(tiny_backbone, tools, prompt):
     for b, _ in zip(base_ids, new_ids):
         _, cache = tiny_backbone.final_hidden(torch.tensor([b]), use_cache=True)
         jobs.append(([(k.clone(), v.clone()) for k, v in cache_layers(cache)], len(b)))
-    together = agent._prefill_many([(l, n, new) for (l, n), new in zip(jobs, new_ids)])
+    together = agent.scheduler.prefill_many([(l, n, new) for (l, n), new in zip(jobs, new_ids)])
     for i, ((l, n), new, (out_layers, out_n, out_h)) in enumerate(zip(jobs, new_ids, together)):
-        (alone_layers, alone_n, alone_h), = agent._prefill_many([(l, n, new)])
+        (alone_layers, alone_n, alone_h), = agent.scheduler.prefill_many([(l, n, new)])
         full, _ = tiny_backbone.final_hidden(torch.tensor([base_ids[i] + new]))
         assert out_n == alone_n == n + len(new)
         assert torch.allclose(out_h, alone_h, atol=1e-5) and torch.allclose(out_h, full[0, -1], atol=1e-5)
@@ -214,7 +215,7 @@ def test_prefill_groups_jobs_of_similar_length(tiny_backbone, monkeypatch):
 
 
 def test_batch_cache_width_stays_bounded(tiny_backbone):
-    from toolken_plus.infer.agent import _BatchCache
+    from toolken_plus.infer.batch_cache import BatchCache as _BatchCache
 
     tok = tiny_backbone.tokenizer
     ids = tok("Question: a few words here to make a context", add_special_tokens=False)["input_ids"]

@@ -9,11 +9,12 @@ import pytest
 from conftest import compose
 from fake_plugins import install, weather_distribution  # noqa: F401 (fixture)
 
-import toolken_plus.infer.agent as agent_module
 from toolken_plus import tool
 from toolken_plus.adapter.head import ToolkenHead
 from toolken_plus.data.prompts import FewShotPrompt
 from toolken_plus.infer.agent import Agent, AgentConfig
+from toolken_plus.infer.batch_cache import BatchCache
+from toolken_plus.infer.policy import DecisionPolicy
 from toolken_plus.tasks.gsm8k import calculator_tools
 from toolken_plus.tools.isolation import ProcessRunner
 from toolken_plus.tools.plugins import discover_tools
@@ -68,9 +69,9 @@ def _agent(backbone, tools, prompt, **cfg):
 
 def _script_calls(agent, monkeypatch, tool_, args_text, when):
     """The "model" calls `tool_` with `args_text` whenever `when(row)` holds in reasoning mode."""
-    script = agent.tok(args_text + ")", add_special_tokens=False)["input_ids"]
-    monkeypatch.setattr(agent, "choose_tool", lambda row, vocab, scores: tool_ if when(row) else None)
-    monkeypatch.setattr(agent, "tool_mode_token", lambda row, vocab: script[len(row.arg_ids)])
+    script = agent.policy.tok(args_text + ")", add_special_tokens=False)["input_ids"]
+    monkeypatch.setattr(agent.policy, "choose_tool", lambda row, vocab, scores: tool_ if when(row) else None)
+    monkeypatch.setattr(agent.policy, "tool_mode_token", lambda row, vocab: script[len(row.arg_ids)])
 
 
 def _once(row):
@@ -101,8 +102,8 @@ def test_a_long_result_is_cut_before_the_tokenizer_sees_it(tiny_backbone, prompt
     assert 200 <= AgentConfig.max_result_chars <= 500
     _script_calls(agent, monkeypatch, flood, "100000", _once)
     encoded = []
-    real = agent._encode
-    monkeypatch.setattr(agent, "_encode", lambda text: encoded.append(text) or real(text))
+    real = agent.policy.encode
+    monkeypatch.setattr(agent.policy, "encode", lambda text: encoded.append(text) or real(text))
     (call,) = agent.run(QUESTIONS[0]).calls
     assert call.result == "7" * cap and call.truncated_from == 100_000 and call.error is None
     assert vars(call)["truncated_from"] == 100_000  # predictions.jsonl writes vars(call)
@@ -125,7 +126,7 @@ def test_an_isolated_plugin_tool_runs_end_to_end(tiny_backbone, prompt, monkeypa
     install(weather_distribution)
     tools = {"weather": discover_tools().get("weather")}
     with _agent(tiny_backbone, tools, prompt, batch_size=2, max_new_tokens=6) as agent:
-        runner = agent._runners["weather"]
+        runner = agent.policy.runners["weather"]
         assert isinstance(runner, ProcessRunner)  # a third-party plugin: a worker process by default
         _script_calls(agent, monkeypatch, tools["weather"], '"Paris"', _once)
         results = agent.run_batch(QUESTIONS[:2])
@@ -147,8 +148,8 @@ def test_process_isolation_of_a_closure_fails_when_the_agent_is_made(tiny_backbo
 # --------------------------------------------------- 7a. the model's context
 def _prefilled(agent, monkeypatch) -> list[tuple]:
     jobs = []
-    real = agent._prefill_many
-    monkeypatch.setattr(agent, "_prefill_many", lambda js: jobs.extend(js) or real(js))
+    real = agent.scheduler.prefill_many
+    monkeypatch.setattr(agent.scheduler, "prefill_many", lambda js: jobs.extend(js) or real(js))
     return jobs
 
 
@@ -162,7 +163,7 @@ def test_a_question_longer_than_the_context_is_cut_keeping_its_end(tiny_backbone
     limit = tiny_backbone.model.config.max_position_embeddings
     asked = "How many apples does Tom have now?"
     long_q = "Tom went to the market. " + "He saw many stalls with fruit and vegetables. " * 500 + asked
-    assert len(agent._encode(long_q)) > 2 * limit
+    assert len(agent.policy.encode(long_q)) > 2 * limit
     jobs = _prefilled(agent, monkeypatch)
     with caplog.at_level(logging.WARNING, logger="toolken_plus.infer.agent"):
         cut, short = agent.run_batch([long_q, QUESTIONS[0]])
@@ -170,8 +171,8 @@ def test_a_question_longer_than_the_context_is_cut_keeping_its_end(tiny_backbone
     assert cut.question == long_q and cut.finish_reason in {"length", "eos", "answer"}
     assert len(cut.notes) == 1 and cut.notes[0].startswith("question cut to its last ")
     (start,) = [j for j in jobs if tiny_backbone.tokenizer.decode(j[2]).endswith(asked + "\nAnswer:")]
-    assert _context(start) + 20 + Agent.RESULT_ROOM <= limit
-    assert _context(start) > limit - 20 - Agent.RESULT_ROOM - 10  # cut no more than needed (no tools here)
+    assert _context(start) + 20 + DecisionPolicy.RESULT_ROOM <= limit
+    assert _context(start) > limit - 20 - DecisionPolicy.RESULT_ROOM - 10  # cut no more than needed (no tools here)
     assert short.notes == [] and short.trace == agent.run(QUESTIONS[0]).trace
 
 
@@ -199,23 +200,23 @@ def test_a_question_is_skipped_when_nothing_of_it_fits(tiny_backbone, prompt):
 def _watch_steps(monkeypatch) -> list[int]:
     """The largest position each batched decode step writes to."""
     positions = []
-    real = agent_module._BatchCache.step
+    real = BatchCache.step
 
     def step(self, tokens):
         positions.append(int((self.offsets + self.lengths).max()))
         return real(self, tokens)
 
-    monkeypatch.setattr(agent_module._BatchCache, "step", step)
+    monkeypatch.setattr(BatchCache, "step", step)
     return positions
 
 
 def _limit_after_start(agent, monkeypatch, question: str, extra: int) -> int:
     """Let `question` start with only `extra` tokens of context to spare (the
     start budget is an estimate; what follows must hold whatever it says)."""
-    prefix = agent._prefix("reason", agent.prompt.prefix)
-    monkeypatch.setattr(agent, "_reserved", lambda: prefix.n)
-    agent.max_context = prefix.n + len(agent._encode(agent.prompt.question_part(question))) + extra
-    return agent.max_context
+    prefix = agent.scheduler.prefix("reason", agent.prompt.prefix)
+    monkeypatch.setattr(agent.policy, "reserved", lambda: prefix.n)
+    agent.policy.max_context = prefix.n + len(agent.policy.encode(agent.prompt.question_part(question))) + extra
+    return agent.policy.max_context
 
 
 @pytest.mark.parametrize("batch_size", [1, 2])
@@ -269,20 +270,20 @@ def test_a_bad_question_fails_alone(tiny_backbone, prompt, data_root, bad, reaso
     assert sorted(seen) == [0, 1, 2]
 
 
-@pytest.mark.parametrize("hook, bias", [("_append_reason_token", 4.0), ("_after_tool_token", 50.0)])
+@pytest.mark.parametrize("hook, bias", [("append_reason_token", 4.0), ("after_tool_token", 50.0)])
 def test_an_exception_while_handling_one_row_ends_that_row_only(tiny_backbone, prompt, data_root, monkeypatch, hook, bias):
     agent = _agent(tiny_backbone, calculator_tools(data_root), prompt, logit_bias=bias, batch_size=3, max_arg_tokens=6,
                    max_calls=3)
     questions = [QUESTIONS[0], QUESTIONS[1], QUESTIONS[2]]
     alone = [agent.run(q) for q in questions]
-    real = getattr(agent, hook)
+    real = getattr(agent.policy, hook)
 
     def flaky(row, token):
         if row.question == QUESTIONS[1]:
             raise RuntimeError("tokenizer exploded")
         return real(row, token)
 
-    monkeypatch.setattr(agent, hook, flaky)
+    monkeypatch.setattr(agent.policy, hook, flaky)
     results = agent.run_batch(questions)
     assert results[1].finish_reason == "error: RuntimeError: tokenizer exploded"
     assert [results[0].trace, results[2].trace] == [alone[0].trace, alone[2].trace]
@@ -292,8 +293,8 @@ def test_an_exception_while_handling_one_row_ends_that_row_only(tiny_backbone, p
 def test_on_result_reports_each_question_as_it_finishes(tiny_backbone, prompt, data_root, monkeypatch):
     agent = _agent(tiny_backbone, calculator_tools(data_root), prompt, logit_bias=4.0, batch_size=2, max_arg_tokens=6)
     started, seen = [], []
-    real = agent._prepare
-    monkeypatch.setattr(agent, "_prepare", lambda row, reserved: started.append(row.index) or real(row, reserved))
+    real = agent.policy.prepare
+    monkeypatch.setattr(agent.policy, "prepare", lambda row, reserved: started.append(row.index) or real(row, reserved))
     results = agent.run_batch(QUESTIONS, on_result=lambda i, r: seen.append((i, r, len(started))))
     assert sorted(i for i, _, _ in seen) == list(range(len(QUESTIONS)))
     assert all(results[i] is r for i, r, _ in seen)

@@ -6,7 +6,7 @@ import torch
 
 from toolken_plus import kv
 from toolken_plus.backbone import tiny_random_backbone
-from toolken_plus.infer.agent import _BatchCache
+from toolken_plus.infer.batch_cache import BatchCache as _BatchCache
 from toolken_plus.kv.shared_prefix import _SUPPORTED, supports_shared_prefix
 
 PREFIXES = ["Question: 1 + 2? Answer: 3\n\n", "A longer prompt prefix, with a demo: <add>(3, 4)=7 and more words\n\n"]
