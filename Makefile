@@ -33,7 +33,7 @@ $(VENV)/.setup-done: pyproject.toml Makefile
 demo: setup
 	$(PY) train.py experiment=gsm8k_xl data.limit_train=$(DEMO_TRAIN) data.limit_eval=$(DEMO_EVAL) \
 		hydra.run.dir=$(DEMO_DIR)/train
-	$(PY) infer.py experiment=gsm8k_xl checkpoint=$(DEMO_DIR)/train data.limit_eval=$(DEMO_QUESTIONS) \
+	$(PY) infer.py checkpoint=$(DEMO_DIR)/train data.limit_eval=$(DEMO_QUESTIONS) \
 		agent.batch_size=$(DEMO_QUESTIONS) agent.show=$(DEMO_QUESTIONS) hydra.run.dir=$(DEMO_DIR)/infer
 
 test: setup

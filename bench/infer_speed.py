@@ -38,11 +38,11 @@ from toolken_plus.tasks.gsm8k_xl import Gsm8kXL  # noqa: E402
 
 def part1(agent, questions) -> float:
     tok, model = agent.backbone.tokenizer, agent.backbone.model
-    agent.cfg.use_tools = False
+    agent.cfg.setting = "no_tools"
     agent.run(questions[0])  # warm-up (imports, allocator)
     lengths, t_cold = [], 0.0
     for q in questions:
-        agent._prefix_cache.clear()
+        agent.scheduler._prefix_cache.clear()
         t0 = time.perf_counter()
         res = agent.run(q)
         t_cold += time.perf_counter() - t0
@@ -69,12 +69,12 @@ def part1(agent, questions) -> float:
     print(f"  model.generate (KV cache)              {gen:7.2f} tok/s")
     print(f"  agent loop, tools off, prefix cold     {cold:7.2f} tok/s  ({cold / gen:.2f}x)")
     print(f"  agent loop, tools off, prefix reused   {warm:7.2f} tok/s  ({warm / gen:.2f}x)")
-    agent.cfg.use_tools = True
+    agent.cfg.setting = "toolkens"
     return cold / gen
 
 
 def part2(agent, questions, batch_size: int) -> None:
-    agent.cfg.use_tools = True
+    agent.cfg.setting = "toolkens"
     timings = {}
     for bs in (1, batch_size):
         agent.cfg.batch_size = bs
@@ -102,7 +102,7 @@ def main(argv=None) -> None:
     agent = load_agent(args.checkpoint, task=Gsm8kXL(), data_root=args.data_root,
                        setting="toolkens" if args.checkpoint else "no_tools", max_new_tokens=args.max_new_tokens)
     if agent.head is None:  # part 1 only needs a head to exist; its bias is −inf there
-        agent.head = ToolkenHead(list(agent.tools), agent.backbone.hidden_size)
+        agent.policy.head = ToolkenHead(list(agent.tools), agent.backbone.hidden_size)
     print(f"backbone {agent.backbone.name}, {torch.get_num_threads()} threads")
     ratio = part1(agent, questions[: args.n1])
     if args.n2 and args.checkpoint:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import PROJECT_ROOT, compose
+from conftest import DATA_ROOT, GSM8K_XL, PROJECT_ROOT, compose
 from fake_plugins import install, weather_distribution, weather_examples  # noqa: F401 (fixture)
 from safetensors.torch import load_file, save_file
 
@@ -143,7 +143,7 @@ def _write_jsonl(path: Path, rows) -> Path:
 def base_run(tmp_path, tiny_backbone, data_root):
     """A tiny GSM8K-XL checkpoint, made to look like a Toolken+ one by a
     synthetic reranker matrix (4 tool rows + Reject)."""
-    cfg = _compose(["experiment=gsm8k_xl", "model=tiny_random", "data.limit_train=12", "data.limit_eval=6",
+    cfg = _compose([*GSM8K_XL, "model=tiny_random", "data.limit_train=12", "data.limit_eval=6",
                     "trainer.epochs=1", "trainer.progress=false", f"cache_dir={tmp_path / 'cache'}",
                     f"data.root={data_root}"])
     run = tmp_path / "base"
@@ -219,7 +219,7 @@ def test_external_plugin_tool_is_added_trained_and_called(install, tmp_path, tin
 def test_train_py_adds_a_plugin_tool_from_the_command_line(tmp_path, data_root):
     """The documented spelling, as a user runs it: train.py … checkpoint=… tools.add=[…]."""
     site = weather_distribution(tmp_path / "site")
-    env = {**os.environ, "TOOLKEN_PLUS_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1",
+    env = {**os.environ, "TOOLKEN_PLUS_CACHE": str(tmp_path / "cache"), "TOOLKEN_PLUS_DATA": str(DATA_ROOT), "HF_HUB_OFFLINE": "1",
            "WANDB_MODE": "disabled", "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
 
     def train(*args):
@@ -229,7 +229,7 @@ def test_train_py_adds_a_plugin_tool_from_the_command_line(tmp_path, data_root):
         assert proc.returncode == 0, proc.stderr[-3000:]
         return proc
 
-    train("experiment=gsm8k_xl", "data.limit_train=8", "data.limit_eval=4", "trainer.epochs=1",
+    train(*GSM8K_XL, "data.limit_train=8", "data.limit_eval=4", "trainer.epochs=1",
           f"hydra.run.dir={tmp_path / 'base'}")
     data = _write_jsonl(tmp_path / "weather.jsonl", weather_examples(6))
     proc = train("task=custom", f"task.train_file={data}", f"checkpoint={tmp_path / 'base'}", "tools.add=[weather]",

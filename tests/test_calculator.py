@@ -7,7 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from toolken_plus.tools.calls import call_with_timeout, coerce_arguments, parse_arguments
+from toolken_plus.tools.calls import MAX_CHARS, coerce_arguments, parse_arguments
+from toolken_plus.tools.isolation import ThreadRunner
+from toolken_plus.tools.registry import Tool
 from toolken_plus_tools.calculator import (
     DEMO_FILES,
     TOOLS,
@@ -86,6 +88,11 @@ def test_registry_and_docs():
 def test_demo_files_exist(data_root):
     for name in DEMO_FILES.values():
         assert (data_root / "gsm8k-xl" / "template" / name).is_file()
+
+
+def call_with_timeout(fn, args, timeout=2.0):
+    """One call as the agent makes it for a built-in tool."""
+    return ThreadRunner(Tool(fn.__name__, fn, "a calculator tool"), timeout, MAX_CHARS).call(args)
 
 
 def test_errors_are_outcomes():

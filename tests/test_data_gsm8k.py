@@ -25,9 +25,13 @@ from toolken_plus.tasks.gsm8k import (
     split_train_val,
 )
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-TRAIN = DATA / "gsm8k" / "train.jsonl"
-needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"data folder {DATA} not present")
+TRAIN = Path("gsm8k") / "train.jsonl"
+XL_TEST = Path("gsm8k-xl") / "test.json"
+TECTON_VAL = Path("gsm8k-xl") / "tecton_val.json"
+
+
+def count_lines(path: Path) -> int:
+    return sum(1 for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
 
 
 def write_jsonl(tmp_path: Path, name: str, rows: list) -> Path:
@@ -226,12 +230,11 @@ def test_load_call_jsonl_bad_spans(tmp_path, start, end):
         load_call_jsonl(path, TOOLS)
 
 
-# ------------------------------------------------------------------ real data
+# ------------------------------------------------- the data folder (real or fixture)
 
 
-@needs_data
-def test_first_train_records_exact_spans():
-    natalia, _, betty = load_gsm8k(TRAIN, limit=3)
+def test_first_train_records_exact_spans(full_data_root):
+    natalia, _, betty = load_gsm8k(full_data_root / TRAIN, limit=3)
     answer = natalia.text.split("\nAnswer: ", 1)[1]
     assert answer == "Natalia sold 48/2 = 24 clips in May. Natalia sold 48+24 = 72 clips altogether in April and May. #### 72"
     divide, add = natalia.calls
@@ -250,24 +253,22 @@ def test_first_train_records_exact_spans():
     assert betty.text[start - len("100 - 50 - 30 - 15 = $") : end + 5] == "100 - 50 - 30 - 15 = $5 more"
 
 
-@needs_data
-def test_every_kept_call_span_matches_on_first_500():
-    examples = load_gsm8k(TRAIN, limit=500)
-    assert len(examples) == 500
+def test_every_kept_call_span_matches_on_first_500(data_root):
+    examples = load_gsm8k(data_root / TRAIN, limit=500)
+    assert len(examples) == min(500, count_lines(data_root / TRAIN))
     for example in examples:
         assert_spans_match(example)
         for start, end in example.ignore_spans:
             assert 0 <= start < end <= len(example.text)
 
 
-@needs_data
-def test_full_train_stats_are_consistent_and_silent(capsys, caplog):
+def test_full_train_stats_are_consistent_and_silent(data_root, capsys, caplog):
     stats = Gsm8kStats()
     with caplog.at_level(logging.WARNING):
-        examples = load_gsm8k(TRAIN, stats=stats)
+        examples = load_gsm8k(data_root / TRAIN, stats=stats)
     assert capsys.readouterr() == ("", "")
     assert caplog.records == []
-    assert stats.examples == len(examples) == 7473 and stats.skipped_rows == 0
+    assert stats.examples == len(examples) == count_lines(data_root / TRAIN) and stats.skipped_rows == 0
     assert stats.calls_kept + stats.dropped_total == stats.annotations
     assert sum(stats.per_tool.values()) == stats.calls_kept == sum(len(e.calls) for e in examples)
     assert sum(len(e.ignore_spans) for e in examples) == stats.dropped_total - stats.dropped["no_result_span"]
@@ -277,16 +278,27 @@ def test_full_train_stats_are_consistent_and_silent(capsys, caplog):
     assert str(stats.calls_kept) in stats.summary()
 
 
-@needs_data
-def test_xl_test_placeholders_filled():
-    items = load_gsm8k_xl_test(DATA / "gsm8k-xl" / "test.json")
-    assert len(items) == 568
+def test_real_train_and_test_sizes(full_data_root):
+    assert len(load_gsm8k(full_data_root / TRAIN)) == 7473
+    assert len(load_gsm8k_xl_test(full_data_root / XL_TEST)) == 568
+
+
+def test_xl_test_placeholders_filled(data_root):
+    path = data_root / XL_TEST
+    items = load_gsm8k_xl_test(path)
+    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    assert len(items) == len(records)
     first = items[0]
-    assert "4096" in first["question"] and first["label"] == 32040.0
+    assert str(records[0]["enhanced_v"][0]) in first["question"] and first["label"] == records[0]["enhanced_result"]
     assert first["id"] == "gsm8k-xl-test-0"
     assert not [item["id"] for item in items if "{v_" in item["question"]]
     assert "1.0" not in items[0]["question"]  # integral values printed as ints
-    assert len(load_gsm8k_xl_test(DATA / "gsm8k-xl" / "test.json", limit=3)) == 3
+    assert len(load_gsm8k_xl_test(path, limit=3)) == 3
+
+
+def test_xl_test_first_record(full_data_root):
+    first = load_gsm8k_xl_test(full_data_root / XL_TEST, limit=1)[0]
+    assert "4096" in first["question"] and first["label"] == 32040.0
 
 
 def test_xl_test_fallback_and_missing_value(tmp_path):
@@ -300,9 +312,18 @@ def test_xl_test_fallback_and_missing_value(tmp_path):
         load_gsm8k_xl_test(path)
 
 
-@needs_data
-def test_tecton_val_calls():
-    items = load_tecton_val(DATA / "gsm8k-xl" / "tecton_val.json", limit=2)
+def test_tecton_val_reads_every_call(data_root):
+    items = load_tecton_val(data_root / TECTON_VAL)
+    assert len(items) == len(json.loads((data_root / TECTON_VAL).read_text(encoding="utf-8")))
+    assert [item["id"] for item in items[:2]] == ["tecton-val-0", "tecton-val-1"]
+    for item in items:
+        assert isinstance(item["label"], float) and item["calls"]
+        for tool, args, result in item["calls"]:
+            assert tool in TOOLS and args and all(isinstance(a, (int, float)) for a in args) and result
+
+
+def test_tecton_val_calls(full_data_root):
+    items = load_tecton_val(full_data_root / TECTON_VAL, limit=2)
     assert items[0]["label"] == 11.0
     assert items[0]["calls"] == [("multiply", (3, 3), "9"), ("subtract", (20, 9), "11")]
     assert items[1]["calls"][-1] == ("add", (5, 11, 33, 66), "115")

@@ -29,7 +29,7 @@ def _run_infer(args, tmp_path):
     return run_entry_point("infer.py", args, tmp_path)
 
 
-def test_infer_py_writes_predictions_metrics_report(tmp_path, tiny_checkpoint):
+def test_infer_py_writes_predictions_metrics_report(tmp_path, tiny_checkpoint, data_root):
     run_dir = tmp_path / "inf"
     # The checkpoint says which backbone and task it needs: no model= or experiment=.
     proc = _run_infer([f"checkpoint={tiny_checkpoint}", "data.limit_eval=3", "agent.batch_size=2", "agent.max_new_tokens=12", "agent.logit_bias=2.0",
@@ -41,7 +41,8 @@ def test_infer_py_writes_predictions_metrics_report(tmp_path, tiny_checkpoint):
     assert metrics["n"] == 3 and metrics["logit_bias"] == 2.0
     rows = [json.loads(x) for x in (run_dir / "predictions.jsonl").read_text().splitlines()]
     assert len(rows) == 3 and {"question", "generation", "calls", "label", "correct"} <= rows[0].keys()
-    assert "4096" in rows[0]["question"]  # {v_i} filled with enhanced_v
+    first = json.loads((data_root / "gsm8k-xl" / "test.json").read_text().splitlines()[0])
+    assert str(first["enhanced_v"][0]) in rows[0]["question"] and "{v_" not in rows[0]["question"]  # {v_i} filled with enhanced_v
     assert (run_dir / "report.md").read_text().startswith("# GSM8K-XL evaluation")
     assert "accuracy" in proc.stdout
 

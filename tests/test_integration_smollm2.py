@@ -9,13 +9,14 @@ from toolken_plus.train.recipe import TrainToolkensRecipe
 pytestmark = pytest.mark.slow
 
 
-def test_smollm2_trains_toolkens_and_calls_real_tools(tmp_path, data_root):
+def test_smollm2_trains_toolkens_and_calls_real_tools(tmp_path, full_data_root):
+    # the f1 bound was measured on the real GSM8K train subset: this one needs the full data
     cfg = _compose(["experiment=gsm8k_xl", "data.limit_train=40", "data.limit_eval=40", "trainer.progress=false",
-                    f"data.root={data_root}", f"cache_dir={tmp_path / 'cache'}"])
+                    f"data.root={full_data_root}", f"cache_dir={tmp_path / 'cache'}"])
     recipe = TrainToolkensRecipe(cfg, tmp_path / "run")
     metrics = recipe.run()
     assert metrics["val/f1"] > 0.5  # measured ~0.78 on this subset
-    agent = load_agent(tmp_path / "run", backbone=recipe.backbone, data_root=data_root, batch_size=3, max_new_tokens=80)
+    agent = load_agent(tmp_path / "run", backbone=recipe.backbone, data_root=full_data_root, batch_size=3, max_new_tokens=80)
     results = agent.run_batch([
         "A robe takes 8 bolts of blue fiber and half that much white fiber. How many bolts in total does it take?",
         "Tom has 4096 apples and gives away 27. How many apples does he have left?",

@@ -9,9 +9,6 @@ import pytest
 from toolken_plus.data.examples import DataError
 from toolken_plus.data.jsonl import JsonlStats, read_json_or_jsonl, read_jsonl
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"data folder {DATA} not present")
-
 
 def write(tmp_path: Path, name: str, text: str) -> Path:
     path = tmp_path / name
@@ -79,7 +76,14 @@ def test_json_array_problems(tmp_path, caplog):
         read_json_or_jsonl(mixed, strict=True)
 
 
-@needs_data
-def test_real_files_one_of_each_format():
-    assert len(read_json_or_jsonl(DATA / "gsm8k-xl" / "test.json")) == 568  # JSON Lines
-    assert len(read_json_or_jsonl(DATA / "gsm8k-xl" / "tecton_val.json")) == 1000  # array
+def test_data_files_one_of_each_format(data_root):
+    lines = data_root / "gsm8k-xl" / "test.json"  # JSON Lines despite its name
+    array = data_root / "gsm8k-xl" / "tecton_val.json"
+    assert lines.read_text().lstrip().startswith("{") and array.read_text().lstrip().startswith("[")
+    assert len(read_json_or_jsonl(lines)) == len([x for x in lines.read_text().splitlines() if x.strip()]) > 1
+    assert read_json_or_jsonl(array) == json.loads(array.read_text()) != []
+
+
+def test_real_files_one_of_each_format(full_data_root):
+    assert len(read_json_or_jsonl(full_data_root / "gsm8k-xl" / "test.json")) == 568  # JSON Lines
+    assert len(read_json_or_jsonl(full_data_root / "gsm8k-xl" / "tecton_val.json")) == 1000  # array

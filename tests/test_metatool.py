@@ -2,6 +2,7 @@
 train → infer path with both rerankers on a tiny random backbone."""
 
 import json
+from collections import Counter, defaultdict
 
 import pytest
 import torch
@@ -29,13 +30,26 @@ def test_split_is_disjoint_stratified_and_awareness_balanced(split, data_root):
     assert not (q(split.train) & q(split.test)) and not (q(split.train) & q(split.val))
     assert not (q(split.train) & q(split.awareness_test)) and not (q(split.val) & q(split.awareness_test))
     docs = metatool.load_tool_docs(data_root / TASK.docs_file)
-    assert len(docs) == 199
-    test_tools = {x.tool for x in split.test}
-    assert len(test_tools) >= 190  # every tool with >= 3 queries has test queries
-    assert sum(x.tool is None for x in split.awareness_test) == sum(x.tool is not None for x in split.awareness_test) == 260
+    queries = metatool.load_queries_csv(data_root / TASK.data_file, docs)
+    awareness = metatool.load_awareness(data_root / TASK.awareness_file, docs)
+    norm = lambda text: " ".join(text.split())  # noqa: E731
+    held, tools_of = {norm(a.query) for a in awareness}, defaultdict(set)
+    for x in queries:
+        tools_of[norm(x.query)].add(x.tool)
+    per_tool = Counter(next(iter(t)) for query, t in tools_of.items() if query not in held and len(t) == 1)
+    assert {x.tool for x in split.test} == {t for t, n in per_tool.items() if n >= 3}  # every tool with >= 3 queries
+    negatives = sum(a.tool is None for a in awareness)
+    assert sum(x.tool is None for x in split.awareness_test) == sum(x.tool is not None for x in split.awareness_test) == negatives // 2
     assert sum(x.tool is None for x in split.train) > 0 and sum(x.tool is None for x in split.val) > 0
     again = TASK.split(data_root)
     assert [x.id for x in again.test] == [x.id for x in split.test]  # seeded
+
+
+def test_real_split_sizes(full_data_root):
+    split = TASK.split(full_data_root)
+    assert len(metatool.load_tool_docs(full_data_root / TASK.docs_file)) == 199
+    assert len({x.tool for x in split.test}) >= 190  # every tool with >= 3 queries has test queries
+    assert sum(x.tool is None for x in split.awareness_test) == sum(x.tool is not None for x in split.awareness_test) == 260
 
 
 def test_choice_encoding_labels_only_the_choice_point(smol_tokenizer):
@@ -92,9 +106,9 @@ def test_query_csv_without_queries_is_an_error(tmp_path):
         metatool.load_queries_csv(f, {"WeatherTool"})
 
 
-def test_real_query_csv_loads_with_every_tool_cell_filled(data_root):
-    docs = metatool.load_tool_docs(data_root / TASK.docs_file)
-    rows = metatool.load_queries_csv(data_root / TASK.data_file, docs)
+def test_real_query_csv_loads_with_every_tool_cell_filled(full_data_root):
+    docs = metatool.load_tool_docs(full_data_root / TASK.docs_file)
+    rows = metatool.load_queries_csv(full_data_root / TASK.data_file, docs)
     assert len(rows) == 20614 and rows[-1].id == "q-20615"
     # No row of all_clean_data.csv is "no tool" (its negatives are Task1's); no cell is empty.
     assert not [r for r in rows if r.tool is None]
@@ -144,13 +158,16 @@ def test_train_and_infer_metatool_end_to_end(tiny_backbone, data_root, tmp_path,
     metrics = TrainToolkensRecipe(cfg, run, backbone=tiny_backbone).run()
     assert "val_rerank/accuracy" in metrics
     saved = json.loads((run / "toolken_config.json").read_text())
-    assert saved["reranker"]["name"] == reranker and len(saved["tools"]) == 199
+    n_tools = len(TASK.docs(data_root))  # 199 in MetaTool
+    assert saved["reranker"]["name"] == reranker and len(saved["tools"]) == n_tools
+    split = TASK.split(data_root)
     for which in ("selection", "awareness"):
         icfg = InferConfig(checkpoint=str(run), reranker=spec, data=DataConfig(root=str(data_root), eval=which, limit_eval=24),
                            agent=AgentConfig(progress=False))
         out = tmp_path / which
         m, rows, task = run_inference(icfg, out, backbone=tiny_backbone)  # the task comes from the checkpoint
-        assert task.name == "metatool" and m["n"] == 24 and m["reranker"] == reranker
+        expected = min(24, len(split.test if which == "selection" else split.awareness_test))  # 24 on the real data
+        assert task.name == "metatool" and m["n"] == expected and m["reranker"] == reranker
         # the selected tool is always one of stage 1's top-k candidates
         assert 0.0 <= m["top1_accuracy"] <= m["top3_accuracy"] <= 1.0
         assert all(r["selected"] in r["stage1_topk"] for r in rows)
@@ -163,7 +180,7 @@ def test_train_and_infer_metatool_end_to_end(tiny_backbone, data_root, tmp_path,
     head = ToolkenHead.from_pretrained(run)
     if reranker == "llm":
         built = LLMRerank().build(tiny_backbone, head, {n: "" for n in head.tool_names})
-        assert head.rerank_weight.shape == (200, tiny_backbone.hidden_size)
+        assert head.rerank_weight.shape == (n_tools + 1, tiny_backbone.hidden_size)  # the tools + Reject
     else:
         built = EmbeddingRerank().build(tiny_backbone, head, {n: "" for n in head.tool_names}, embedder=HashEmbedder())
         assert built.threshold == saved["reranker"]["threshold"]

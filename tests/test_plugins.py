@@ -10,6 +10,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 
 import pytest
+from conftest import DATA_ROOT
 from fake_plugins import (  # noqa: F401
     WEATHER_DOC,
     bad_distribution,
@@ -30,7 +31,7 @@ PROMPT = "Answer the question.\n\nQuestion: [QUESTION]\nAnswer:"
 
 
 def _cli(args, pythonpath: Path | None = None):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOOLKEN_PLUS_DATA": str(DATA_ROOT)}
     if pythonpath:
         env["PYTHONPATH"] = os.pathsep.join([str(pythonpath), os.environ.get("PYTHONPATH", "")])
     exe = Path(sys.executable).with_name("toolken-plus")

@@ -2,14 +2,14 @@
 
 import json
 
-from conftest import compose, run_entry_point
+from conftest import GSM8K_XL, GSM8K_XL_TASK, compose, run_entry_point
 
 from toolken_plus.backbone import TinyRandomBackbone
 from toolken_plus.config.schema import DataConfig, TrainConfig, TrainerConfig
 from toolken_plus.tasks.gsm8k_xl import Gsm8kXL
 from toolken_plus.train.recipe import TrainToolkensRecipe
 
-TINY = ["experiment=gsm8k_xl", "model=tiny_random", "data.limit_train=24", "data.limit_eval=12",
+TINY = [*GSM8K_XL, "model=tiny_random", "data.limit_train=24", "data.limit_eval=12",
         "trainer.epochs=2", "trainer.progress=false", "logger=none"]
 
 
@@ -28,7 +28,7 @@ def test_public_overrides_compose():
 
 
 def test_recipe_runs_without_hydra(tmp_path, tiny_backbone, data_root):
-    cfg = TrainConfig(task=Gsm8kXL(), model=TinyRandomBackbone(hidden_size=16), cache_dir=str(tmp_path / "cache"),
+    cfg = TrainConfig(task=Gsm8kXL(**GSM8K_XL_TASK), model=TinyRandomBackbone(hidden_size=16), cache_dir=str(tmp_path / "cache"),
                       data=DataConfig(root=str(data_root), limit_train=24, limit_eval=12),
                       trainer=TrainerConfig(epochs=2, progress=False))
     recipe = TrainToolkensRecipe(cfg, tmp_path / "run", backbone=tiny_backbone)

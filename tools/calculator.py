@@ -10,7 +10,7 @@ from its code: ``-0`` prints as ``0``, and large floats are expanded exactly
 
 The tools want at least two numbers; ToolkenGPT would also accept one.  Errors
 (division by zero, overflow, too few numbers) raise; the caller runs tools
-through ``toolken_plus.tools.calls.call_with_timeout``, which records them.
+through a runner (``toolken_plus.tools.isolation``), which records them.
 """
 
 import inspect

@@ -64,6 +64,8 @@ class Inference:
 
     def _task(self, task) -> Task:
         recorded = self.saved.task if self.saved else {}
+        if isinstance(task, dict) and recorded:  # `+task.field=…`: the checkpoint's task with these fields changed
+            return task_from_config({**recorded, **task})
         if task is None:
             if not recorded:
                 raise ValueError("task=… is required: the checkpoint does not record its task" if self.saved else

@@ -1,4 +1,4 @@
-"""Strict parsing and guarded calling of tool arguments (DESIGN.md §2 "Tool mode", §7).
+"""Strict parsing of tool arguments, and formatting of results (docs/design.md, "Tool mode").
 
 In tool mode the model writes ``name(`` ... ``)``; the text in between is
 untrusted model output.  It is parsed by a small hand-written recursive-descent
@@ -317,42 +317,6 @@ def exception_text(exc: BaseException) -> str:
         detail = ""
     text = f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
     return text if len(text) <= 300 else text[:297] + "..."
-
-
-def call_with_timeout(fn: Callable[..., Any], args: list, timeout: float = 2.0) -> ToolOutcome:
-    """Run ``fn(*args)`` in a daemon thread and wait at most ``timeout`` seconds.
-
-    Never raises (a KeyboardInterrupt while waiting still propagates).  Errors
-    become ``ToolOutcome(ok=False, error="ZeroDivisionError: division by zero")``,
-    a timeout ``"timed out after 2.0 s"``, a nan/inf float result
-    ``"non-finite result"``.  Python cannot kill a thread: a timed-out call keeps
-    running in the background until it returns, but being a daemon it never
-    blocks interpreter exit.  Nor can it interrupt code that holds the GIL: one
-    long C-level operation (``7 ** (10 ** 7)``) delays the return until it ends.
-    Untrusted tools belong in a worker process (toolken_plus/tools/isolation.py).
-    """
-    box: dict[str, Any] = {}
-
-    def work() -> None:
-        try:
-            box["value"] = fn(*args)
-        except BaseException as exc:  # SystemExit etc. from a tool is still just a failed call
-            box["error"] = exc
-
-    start = time.perf_counter()
-    try:
-        finished = run_in_thread(work, f"tool-{getattr(fn, '__name__', 'call')}", timeout)
-    except Exception as exc:  # e.g. no thread could be started
-        return ToolOutcome(False, error=exception_text(exc), seconds=time.perf_counter() - start)
-    seconds = time.perf_counter() - start
-    if not finished:
-        return ToolOutcome(False, error=timeout_text(timeout), seconds=seconds)
-    if "error" in box:
-        return ToolOutcome(False, error=exception_text(box["error"]), seconds=seconds)
-    value = box.get("value")
-    if isinstance(value, float) and not math.isfinite(value):
-        return ToolOutcome(False, error="non-finite result", seconds=seconds)
-    return ToolOutcome(True, value, seconds=seconds)
 
 
 def run_in_thread(work: Callable[[], None], name: str, timeout: float) -> bool:

@@ -12,7 +12,7 @@ and the doc hashes of the old tools stay those they were trained with.
 
 A Toolken+ checkpoint also holds the reranker matrix `rerank.weight`
 (n_tools + 1 rows, Reject last): the new tools' rows go in before the Reject
-row, initialised from their trained toolken rows (how W_r starts, DESIGN §2).
+row, initialised from their trained toolken rows (how W_r starts: docs/design.md).
 """
 
 from __future__ import annotations
