@@ -26,6 +26,16 @@ def test_table_lists_each_setting(tmp_path):
         table([a, c])
 
 
+def test_a_task_names_its_own_columns(tmp_path):
+    g = _run(tmp_path, "g", task="virtualhome", setting="gold", n=5, executability=1.0, success_rate=1.0, lcs=1.0)
+    t = _run(tmp_path, "t", task="virtualhome", setting="toolkens", grounded=True, reranker="llm", n=5,
+             executability=1.0, success_rate=0.4, lcs=0.5, rerank_changed_step=3)
+    out = table([g, t]).splitlines()
+    assert out[0].startswith("| setting | plans | executability | success | LCS |")
+    assert out[2].startswith("| gold | 5 | 1.000 | 1.000 | 1.000 |")
+    assert out[3].startswith("| Toolken+ (llm), grounded | 5 | 1.000 | 0.400 | 0.500 |")
+
+
 def test_false_positive_calls_is_the_multiset_excess():
     assert false_positive_calls(["add", "multiply", "multiply"], ["multiply", "subtract"]) == 2
     assert false_positive_calls([], ["add"]) == 0

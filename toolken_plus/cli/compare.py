@@ -9,6 +9,8 @@ import argparse
 import json
 from pathlib import Path
 
+from toolken_plus.tasks import known_tasks
+
 COLUMNS = [("label", "setting", "{}"), ("n", "questions", "{}"), ("accuracy", "accuracy", "{:.3f}"),
            ("tool_calls", "tool calls", "{}"), ("tool_errors", "tool errors", "{}"),
            ("false_positive_calls", "false-positive calls", "{}"), ("seconds", "wall s", "{}")]
@@ -25,14 +27,21 @@ def table(run_dirs: list[Path]) -> str:
         # ToolkenGPT = toolkens alone; Toolken+ = toolkens + a reranker
         row["label"] = {"no_tools": "no tools", "toolkens": "ToolkenGPT"}.get(row.get("setting"), row.get("setting", ""))
         if row.get("setting") == "toolkens" and reranker != "none":
-            row["label"] = f"Toolken+ ({reranker}), {row.get('rerank_rejects', 0)} rejects"
+            row["label"] = f"Toolken+ ({reranker})"
+            if "rerank_rejects" in row:
+                row["label"] += f", {row['rerank_rejects']} rejects"
+        if row.get("grounded"):
+            row["label"] += ", grounded"
         rows.append(row)
+    # A task may name its own columns (VirtualHome: executability, success, …).
+    task = known_tasks().get(rows[0].get("task", ""))
+    columns = [COLUMNS[0], *task.compare_columns] if getattr(task, "compare_columns", None) else COLUMNS
     questions = {r["n"] for r in rows}
     if len(questions) > 1:
         raise ValueError(f"runs answered different numbers of questions {sorted(questions)}: not comparable")
-    lines = ["| " + " | ".join(title for _, title, _ in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines = ["| " + " | ".join(title for _, title, _ in columns) + " |", "|" + "---|" * len(columns)]
     for r in rows:
-        lines.append("| " + " | ".join(fmt.format(r.get(key, "")) for key, _, fmt in COLUMNS) + " |")
+        lines.append("| " + " | ".join(fmt.format(r[key]) if key in r else "" for key, _, fmt in columns) + " |")
     return "\n".join(lines)
 
 

@@ -60,7 +60,9 @@ class ToolsConfig:
 
 @dataclass
 class AgentConfig:
-    setting: str = "toolkens"  # toolkens (ToolkenGPT / Toolken+) | no_tools (plain chain-of-thought, same prompt)
+    # toolkens (ToolkenGPT / Toolken+) | no_tools (plain chain-of-thought, same prompt)
+    # | gold (plan tasks: the gold plans through the same execution and scoring)
+    setting: str = "toolkens"
     logit_bias: Optional[float] = None  # None: the bias calibrated at training time, stored in the checkpoint
     batch_size: int = 16  # questions decoded together
     max_new_tokens: int = 200  # reasoning tokens per question
@@ -80,10 +82,13 @@ class AgentConfig:
     tool_memory_mb: Optional[int] = 1024  # address-space limit of a tool worker process (None: no limit)
     progress: bool = True
     show: int = 3  # infer.py: traces printed at the end
+    # Plan tasks (VirtualHome): also mask the steps the simulator says cannot
+    # run in the current state (infer/plan.py).
+    grounded: bool = False
 
     @property
     def use_tools(self) -> bool:
-        return self.setting != "no_tools"
+        return self.setting == "toolkens"
 
 
 @dataclass

@@ -3,7 +3,8 @@
 A checkpoint says which backbone and task it was trained with
 (adapter/config.py), so `checkpoint=<run dir>` is all infer.py needs;
 `model=` / `task=` override them. Text tasks are answered by the agent loop,
-choice tasks by the choice predictor; either way the task scores the
+choice tasks by the choice predictor, plan tasks by the plan predictor
+(infer/plan.py); in every case the task scores the
 predictions (infer/evaluate.py).
 """
 
@@ -23,6 +24,7 @@ from toolken_plus.data.prompts import SLOT, FewShotPrompt
 from toolken_plus.infer.agent import Agent
 from toolken_plus.infer.choice import ChoicePredictor
 from toolken_plus.infer.evaluate import evaluate
+from toolken_plus.infer.plan import GoldPlans, PlanPredictor
 from toolken_plus.infer.predictions import settings_fingerprint
 from toolken_plus.rerank import NoRerank
 from toolken_plus.rundir import RunDirLock
@@ -89,6 +91,17 @@ class Inference:
 
     def predictor(self):
         agent = self.cfg.agent
+        if agent.setting == "gold" and self.task.mode != "plan":
+            raise ValueError(f"agent.setting=gold scores gold plans: task {self.task.name!r} is not a plan task")
+        if self.task.mode == "plan":
+            if agent.setting == "gold":
+                return GoldPlans(self.task)
+            if self.head is None:
+                raise ValueError(f"task {self.task.name!r} writes plans with toolkens: it needs checkpoint=… "
+                                 f"(or agent.setting=gold)")
+            return PlanPredictor(self.backbone, self.head, self.reranker, self.task, self.task.prefix_text(self.root),
+                                 batch_size=agent.batch_size, grounded=agent.grounded, max_steps=self.task.max_steps,
+                                 progress=agent.progress)
         if self.task.mode == "choice":
             if self.head is None:
                 raise ValueError(f"task {self.task.name!r} is a choice task: it needs a checkpoint's toolkens "
@@ -104,11 +117,11 @@ class Inference:
     def info(self, predictor) -> dict:
         """What metrics.json records about the run besides the scores."""
         agent = self.cfg.agent
-        bias = predictor.bias if self.head is not None else None
+        bias = getattr(predictor, "bias", None) if self.head is not None else None
         return {"task": self.task.name, "setting": agent.setting, "checkpoint": self.cfg.checkpoint,
                 "reranker": self.reranker.name if self.reranker is not None else "none",
                 "eval": self.cfg.data.eval_file or self.cfg.data.eval or self.task.eval_sets[0],
-                "logit_bias": bias, "batch_size": agent.batch_size}
+                "logit_bias": bias, "batch_size": agent.batch_size, "grounded": agent.grounded}
 
 
 def run_inference(cfg, run_dir: str | Path, backbone: Backbone | None = None) -> tuple[dict, list[dict], Task]:

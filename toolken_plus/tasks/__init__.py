@@ -1,5 +1,6 @@
 """Benchmarks, each a Task subclass (base.py) in a module of this package:
-gsm8k_xl.py (GSM8K-XL), metatool.py (MetaTool), custom.py (your own data).
+gsm8k_xl.py (GSM8K-XL), metatool.py (MetaTool), virtualhome.py (VirtualHome
+plans, run in its simulator: virtualhome_sim.py), custom.py (your own data).
 
 `known_tasks()` finds them by their `name` default, so adding a benchmark
 needs no list to edit here: a checkpoint names its task, and loading it finds
@@ -13,7 +14,7 @@ import functools
 import importlib
 import pkgutil
 
-from toolken_plus.tasks.base import ChoiceTask, EvalItem, Task, TaskData, TextTask
+from toolken_plus.tasks.base import ChoiceTask, EvalItem, PlanTask, Task, TaskData, TextTask
 
 
 @functools.cache
@@ -40,4 +41,4 @@ def task_from_config(config: dict) -> Task:
     return cls(**{k: v for k, v in config.items() if k in fields})
 
 
-__all__ = ["ChoiceTask", "EvalItem", "Task", "TaskData", "TextTask", "known_tasks", "task_from_config"]
+__all__ = ["ChoiceTask", "EvalItem", "PlanTask", "Task", "TaskData", "TextTask", "known_tasks", "task_from_config"]

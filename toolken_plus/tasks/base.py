@@ -13,13 +13,16 @@ need to know about the benchmark:
                metrics(rows) → metrics.json; report(metrics, rows, run_dir);
                headline(metrics) → one line for the console
 
-Two kinds (`mode`), which decide how infer.py predicts:
+Three kinds (`mode`), which decide how infer.py predicts:
   "text"    (TextTask: GSM8K-XL, custom) calls are spans of running text;
             evaluation decodes with the agent loop, so the task also gives
             the reasoning prompt, a stop rule and answer parsing.
   "choice"  (ChoiceTask: MetaTool) one decision per example, right after a
             shared prefix + the example's text: a toolken, or an ordinary
             token ("no tool").
+  "plan"    (PlanTask: VirtualHome) every output is a sequence of toolkens,
+            decoded step by step under the task's masks (infer/plan.py),
+            then executed and judged by the task.
 
 Adding a benchmark = a module here with a Task subclass (found by name, see
 tasks/__init__.py) + an experiment file in conf/experiment/ + tests.
@@ -186,6 +189,30 @@ class ChoiceTask(Task):
     mode: ClassVar[str] = "choice"
 
 
+@dataclass
+class PlanTask(Task):
+    """The output is a plan: steps of an action toolken followed by its
+    object toolkens, until an end toolken. The task owns the environment a
+    plan runs in; the predictor (infer/plan.py) asks it, at each choice,
+    which toolkens may be chosen.
+
+    Its methods beyond Task's:
+      prefix_text(root)            the shared few-shot prefix the plans follow
+      example_text(item)           what follows it, up to the first step
+      arity(action)                objects an action takes (KeyError: not an action)
+      action_text(a), object_text(o)  the text a chosen toolken writes (a line
+                                   break ends each step), token-exact as in training
+      scene_objects(item)          object toolkens that may be chosen for this item
+      episode(item)                its environment (grounded decoding)
+      can_run(ep, action, objects) / apply(ep, action, objects)
+                                   grounded decoding: ask, and advance the environment
+      gold_plan(item)              the gold plan, for agent.setting=gold
+    """
+
+    mode: ClassVar[str] = "plan"
+    end_toolken: ClassVar[str] = "END"
+
+
 def format_trace(row: dict) -> str:
     """A text task's prediction row as a short console trace."""
     calls = "; ".join(f"<{c['tool']}>({c['args_text']}) → {c['result'] if c['error'] is None else 'ERROR ' + c['error']}"
@@ -195,4 +222,4 @@ def format_trace(row: dict) -> str:
             f"   answer {row['answer']} | label {row['label']}{verdict}")
 
 
-__all__ = ["ChoiceTask", "EvalItem", "Example", "Task", "TaskData", "TextTask", "format_trace", "limit"]
+__all__ = ["ChoiceTask", "EvalItem", "Example", "PlanTask", "Task", "TaskData", "TextTask", "format_trace", "limit"]
