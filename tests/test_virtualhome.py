@@ -53,10 +53,14 @@ def test_every_gold_test_program_executes_and_succeeds(data_root):
 
 @pytest.mark.slow
 def test_every_gold_program_replays_except_the_two_broken_ones():
+    no_change = 0
     for p in programs():
         init, final = load_graphs(p.graph_file)
-        out = execute_plan(init, list(p.steps), GoalChanges.between(init, final), ids=list(p.ids))
+        goal = GoalChanges.between(init, final)
+        out = execute_plan(init, list(p.steps), goal, ids=list(p.ids))
         assert (out.executable and out.success) == (p.id not in BROKEN_GOLD), p.id
+        no_change += len(goal) == 0
+    assert no_change == 14  # gold programs that change only CLOSE relations (docs/data.md)
 
 
 def test_broken_plans_get_their_failure_reason():
@@ -233,6 +237,17 @@ def test_gold_setting_scores_one_through_the_same_path(tiny_backbone, data_root,
     m, rows, _ = run_inference(cfg, tmp_path, backbone=tiny_backbone)
     assert m["n"] == len(TASK.split(data_root)["test"])
     assert m["executability"] == m["success_rate"] == m["lcs"] == 1.0
+
+
+def test_gold_setting_loads_no_model(data_root, tmp_path, monkeypatch):
+    def no_model(*a, **k):
+        raise AssertionError("agent.setting=gold loaded a backbone")
+
+    monkeypatch.setattr("toolken_plus.infer.recipe.build_backbone", no_model)
+    cfg = InferConfig(task=VirtualHome(), data=DataConfig(root=str(data_root), limit_eval=2),
+                      agent=AgentConfig(setting="gold", progress=False))
+    m, _, _ = run_inference(cfg, tmp_path)
+    assert m["n"] == 2 and m["success_rate"] == 1.0
 
 
 def test_gold_setting_is_refused_for_other_tasks(tiny_backbone, data_root, tmp_path):

@@ -35,7 +35,7 @@ def table(run_dirs: list[Path]) -> str:
         rows.append(row)
     # A task may name its own columns (VirtualHome: executability, success, …).
     task = known_tasks().get(rows[0].get("task", ""))
-    columns = [COLUMNS[0], *task.compare_columns] if getattr(task, "compare_columns", None) else COLUMNS
+    columns = [COLUMNS[0], *task.compare_columns] if task is not None and task.compare_columns else COLUMNS
     questions = {r["n"] for r in rows}
     if len(questions) > 1:
         raise ValueError(f"runs answered different numbers of questions {sorted(questions)}: not comparable")

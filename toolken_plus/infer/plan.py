@@ -71,7 +71,6 @@ class PlanPredictor:
         tok = backbone.tokenizer
         self._ids = lambda text: tok(text, add_special_tokens=False)["input_ids"]  # noqa: E731
         self._prefix = make_prefix(backbone, self._ids(prefix))
-        self.simulator_checks = 0
 
     def _is_action(self, name: str) -> bool:
         try:
@@ -84,7 +83,6 @@ class PlanPredictor:
     def _runnable(self, row: PlanRow, action: str, objects: list[str]) -> list[str]:
         out = []
         for o in objects:
-            self.simulator_checks += 1
             if self.task.can_run(row.episode, action, (o,)):
                 out.append(o)
         return out

@@ -47,7 +47,7 @@ class Inference:
             raise ValueError("checkpoint=<run dir of train.py> is required (or agent.setting=no_tools)")
         self.task = self._task(cfg.task)
         self.root = data_root(cfg.data)
-        if backbone is None:
+        if backbone is None and agent.setting != "gold":  # gold plans need no model
             t0 = time.perf_counter()
             backbone = build_backbone(self._model_spec(cfg.model), cache_dir(cfg))
             log.info("backbone %s loaded in %.1f s", backbone.name, time.perf_counter() - t0)

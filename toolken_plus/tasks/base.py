@@ -75,6 +75,8 @@ class Task:
     mode: ClassVar[str] = "text"
     eval_sets: ClassVar[tuple[str, ...]] = ("test",)  # data.eval choices; the first is the default
     main_metric: ClassVar[str] = ""  # what infer.py returns to Hydra sweepers
+    # cli/compare.py's columns for this task's runs: (metrics key, title, format); () = its defaults
+    compare_columns: ClassVar[tuple] = ()
 
     # ------------------------------------------------------------ training
     def load(self, data) -> TaskData:

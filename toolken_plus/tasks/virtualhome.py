@@ -253,13 +253,16 @@ class VirtualHome(PlanTask):
 
     @property
     def shared_prefix(self) -> str:
-        return self.prefix_text(self._root)
-
-    _root: ClassVar[Path] = Path(".")  # the data root the prefix was built for (set by load / eval_items)
+        """The prefix for the data root of the last load / eval_items (the
+        Task interface's `shared_prefix` takes no root; this one needs it)."""
+        root = self.__dict__.get("_root")
+        if root is None:
+            raise RuntimeError("VirtualHome.shared_prefix: call load(data) or eval_items(data) first (it needs the data root)")
+        return self.prefix_text(root)
 
     def _use_root(self, data) -> Path:
         root = data_root(data)
-        self._root = root  # instance attribute: the prefix and headers read from here
+        self.__dict__["_root"] = root  # not a dataclass field: not part of the task's config
         return root
 
     def load(self, data) -> TaskData:

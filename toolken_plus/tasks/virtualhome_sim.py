@@ -23,7 +23,6 @@ from __future__ import annotations
 import functools
 import logging
 import re
-from collections import Counter
 from dataclasses import dataclass, field
 
 # The simulator is imported lazily (0.3 s, numpy/networkx/scipy): only
@@ -94,20 +93,6 @@ class StepResult:
 
 
 FAILURE_KINDS = ("unknown_action", "wrong_arity", "object_not_in_scene", "precondition", "simulator_error")
-
-
-def precondition_kind(message: str) -> str:
-    """A coarse name for the simulator's failure message, for counting."""
-    m = message.lower()
-    for kind, words in (("not_close", ("not close",)), ("not_facing", ("not facing",)),
-                        ("hands_full", ("free hand", "both hands")), ("not_holding", ("not holding", "is not grabbed")),
-                        ("already", ("already",)), ("inside_closed", ("inside", "closed")),
-                        ("missing_property", ("does not have property", "property")), ("state", ("state", "is on", "is off",
-                                                                                               "is open", "is closed")),
-                        ("sitting_or_lying", ("sitting", "lying"))):
-        if any(w in m for w in words):
-            return kind
-    return "other"
 
 
 class Episode:
@@ -280,9 +265,6 @@ def judge(episode: Episode, goal: GoalChanges) -> PlanOutcome:
     unmet = goal.unmet(episode.graph_dict())
     return PlanOutcome(True, not unmet, steps, None, unmet[:10])
 
-
-def failure_counts(outcomes: list[PlanOutcome]) -> dict[str, int]:
-    return dict(Counter(o.failure for o in outcomes if o.failure))
 
 
 # -------------------------------------------------------------- action docs
