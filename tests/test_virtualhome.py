@@ -239,6 +239,18 @@ def test_gold_setting_scores_one_through_the_same_path(tiny_backbone, data_root,
     assert m["executability"] == m["success_rate"] == m["lcs"] == 1.0
 
 
+def test_gold_classes_drops_the_node_ids_and_resolves_instances(data_root, tmp_path):
+    """The class-only gold row is the ceiling of toolken plans: the same plans,
+    but a light is "a light", so some steps land on another instance."""
+    cfg = InferConfig(task=VirtualHome(), data=DataConfig(root=str(data_root)),
+                      agent=AgentConfig(setting="gold_classes", progress=False))
+    m, rows, _ = run_inference(cfg, tmp_path)  # no backbone: it must not need one
+    assert m["setting"] == "gold_classes" and m["lcs"] == 1.0
+    assert m["executability"] < 1.0 and m["success_rate"] < m["executability"]
+    unrunnable = next(r for r in rows if r["id"] == "file392_1")  # [SWITCHON] <light>: the wrong light is on already
+    assert not unrunnable["executable"] and "is not off" in unrunnable["steps"][unrunnable["failed_step"]]["message"]
+
+
 def test_gold_setting_loads_no_model(data_root, tmp_path, monkeypatch):
     def no_model(*a, **k):
         raise AssertionError("agent.setting=gold loaded a backbone")

@@ -25,7 +25,7 @@ def table(run_dirs: list[Path]) -> str:
         row = json.loads(path.read_text())
         reranker = row.get("reranker", "none")
         # ToolkenGPT = toolkens alone; Toolken+ = toolkens + a reranker
-        row["label"] = {"no_tools": "no tools", "toolkens": "ToolkenGPT"}.get(row.get("setting"), row.get("setting", ""))
+        row["label"] = {"no_tools": "no tools", "toolkens": "ToolkenGPT", "gold_classes": "gold, classes only"}.get(row.get("setting"), row.get("setting", ""))
         if row.get("setting") == "toolkens" and reranker != "none":
             row["label"] = f"Toolken+ ({reranker})"
             if "rerank_rejects" in row:

@@ -62,6 +62,8 @@ class ToolsConfig:
 class AgentConfig:
     # toolkens (ToolkenGPT / Toolken+) | no_tools (plain chain-of-thought, same prompt)
     # | gold (plan tasks: the gold plans through the same execution and scoring)
+    # | gold_classes (the gold plans without their node ids: instances resolved
+    #   as for a model's plan, the ceiling of any plan written in toolkens)
     setting: str = "toolkens"
     logit_bias: Optional[float] = None  # None: the bias calibrated at training time, stored in the checkpoint
     batch_size: int = 16  # questions decoded together
@@ -89,6 +91,11 @@ class AgentConfig:
     @property
     def use_tools(self) -> bool:
         return self.setting == "toolkens"
+
+    @property
+    def gold_plans(self) -> bool:
+        """A setting that scores the gold plans (no model needed)."""
+        return self.setting in ("gold", "gold_classes")
 
 
 @dataclass

@@ -94,7 +94,7 @@ RULES: dict[str, tuple[Callable, str]] = {
     "cache.max_tokens_per_batch": integer(1),
     "calibration.grid": GRID,
     "tools.recalibrate_bias": boolean(),
-    "agent.setting": one_of("toolkens", "no_tools", "gold"),
+    "agent.setting": one_of("toolkens", "no_tools", "gold", "gold_classes"),
     "agent.grounded": boolean(),
     "agent.logit_bias": number(optional=True, finite=False),
     "agent.batch_size": integer(1),

@@ -202,15 +202,18 @@ class PlanPredictor:
 
 class GoldPlans:
     """agent.setting=gold: the gold plans with their gold node ids, through the
-    same scoring path (its executability and success must be 1.0)."""
+    same scoring path (its executability and success must be 1.0);
+    gold_classes: the same plans by class only (with_ids=False), instances
+    resolved as for a model's plan."""
 
-    def __init__(self, task: PlanTask):
+    def __init__(self, task: PlanTask, with_ids: bool = True):
         self.task = task
+        self.with_ids = with_ids
 
     def predict(self, items: list[EvalItem], on_result=None) -> list[dict]:
         out = []
         for i, item in enumerate(items):
-            result = self.task.gold_plan(item)
+            result = self.task.gold_plan(item, with_ids=self.with_ids)
             out.append(result)
             if on_result is not None:
                 on_result(i, result)

@@ -47,7 +47,7 @@ class Inference:
             raise ValueError("checkpoint=<run dir of train.py> is required (or agent.setting=no_tools)")
         self.task = self._task(cfg.task)
         self.root = data_root(cfg.data)
-        if backbone is None and agent.setting != "gold":  # gold plans need no model
+        if backbone is None and not agent.gold_plans:  # gold plans need no model
             t0 = time.perf_counter()
             backbone = build_backbone(self._model_spec(cfg.model), cache_dir(cfg))
             log.info("backbone %s loaded in %.1f s", backbone.name, time.perf_counter() - t0)
@@ -91,11 +91,11 @@ class Inference:
 
     def predictor(self):
         agent = self.cfg.agent
-        if agent.setting == "gold" and self.task.mode != "plan":
-            raise ValueError(f"agent.setting=gold scores gold plans: task {self.task.name!r} is not a plan task")
+        if agent.gold_plans and self.task.mode != "plan":
+            raise ValueError(f"agent.setting={agent.setting} scores gold plans: task {self.task.name!r} is not a plan task")
         if self.task.mode == "plan":
-            if agent.setting == "gold":
-                return GoldPlans(self.task)
+            if agent.gold_plans:
+                return GoldPlans(self.task, with_ids=agent.setting == "gold")
             if self.head is None:
                 raise ValueError(f"task {self.task.name!r} writes plans with toolkens: it needs checkpoint=… "
                                  f"(or agent.setting=gold)")

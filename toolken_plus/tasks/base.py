@@ -208,7 +208,7 @@ class PlanTask(Task):
       episode(item)                its environment (grounded decoding)
       can_run(ep, action, objects) / apply(ep, action, objects)
                                    grounded decoding: ask, and advance the environment
-      gold_plan(item)              the gold plan, for agent.setting=gold
+      gold_plan(item, with_ids)    the gold plan, for agent.setting=gold / gold_classes
     """
 
     mode: ClassVar[str] = "plan"

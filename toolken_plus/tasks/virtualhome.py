@@ -344,9 +344,14 @@ class VirtualHome(PlanTask):
     def scene_objects(self, item: EvalItem) -> set[str]:
         return set(scene_of(item.meta["graph_file"]).classes)
 
-    def gold_plan(self, item: EvalItem) -> dict:
-        return {"plan": [[s.action, list(s.objects)] for s in item.label], "finish": "gold",
-                "ids": [list(i) for i in item.meta["gold_ids"]]}
+    def gold_plan(self, item: EvalItem, with_ids: bool = True) -> dict:
+        """The gold plan; without its node ids, scoring resolves each object to
+        an instance the way it does for a model's plan (a plan written in
+        toolkens names classes only), so that row is the ceiling of toolkens."""
+        plan = {"plan": [[s.action, list(s.objects)] for s in item.label], "finish": "gold"}
+        if with_ids:
+            plan["ids"] = [list(i) for i in item.meta["gold_ids"]]
+        return plan
 
     # ------------------------------------------------------------- tools
     def build_tools(self, root: Path) -> dict[str, Tool]:
