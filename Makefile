@@ -16,7 +16,7 @@ DEMO_EVAL ?= 250
 DEMO_QUESTIONS ?= 5
 DEMO_DIR := outputs/demo/$(shell date +%Y-%m-%d_%H-%M-%S)
 
-.PHONY: setup demo test test-slow bench clean
+.PHONY: setup demo test test-slow bench report clean
 
 setup: $(VENV)/.setup-done
 
@@ -44,6 +44,10 @@ test-slow: setup
 
 bench: setup
 	$(PY) bench/train_speed.py
+
+# One markdown report (tables, PNG plots) of every run under RUNS (default outputs/): reports/report.md.
+report: setup
+	$(VENV)/bin/toolken-plus report $(or $(RUNS),outputs) --out reports
 
 clean:
 	rm -rf outputs multirun .pytest_cache

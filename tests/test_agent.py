@@ -7,9 +7,9 @@ from toolken_plus.adapter.head import ToolkenHead
 from toolken_plus.backbone import cache_layers
 from toolken_plus.data.prompts import FewShotPrompt
 from toolken_plus.infer.agent import Agent, AgentConfig
-from toolken_plus.infer.policy import closing_paren as _closing_paren
 from toolken_plus.tasks.gsm8k import calculator_tools
 from toolken_plus.tasks.gsm8k_xl import Gsm8kXL, stop_at_answer
+from toolken_plus.tools.calls import closing_paren as _closing_paren
 
 QUESTIONS = ["Tom has 3 apples and buys 4 more. How many?", "A car drives 60 miles per hour for 2 hours.",
              "Sam had 10 cookies and ate 3.", "What is 5 times 6?", "Zoe splits 12 pens among 4 kids."]

@@ -2,6 +2,9 @@
 
     toolken-plus tools                 every registered tool: name, source package, first doc line
     toolken-plus tools --json          the same with full docs, argument schemas and doc hashes
+    toolken-plus report DIR… [--out OUT]
+                                       one markdown report (tables, PNG plots) of every train.py and
+                                       infer.py run under the DIRs, in OUT/report.md (default reports/)
 """
 
 from __future__ import annotations
@@ -77,6 +80,14 @@ def build_parser() -> argparse.ArgumentParser:
     tools.add_argument("--data-root", type=Path, default=default_data_root(),
                        help="data folder for packs whose demos/docs live there (default: $TOOLKEN_PLUS_DATA or ../shared/data)")
     tools.set_defaults(run=list_tools)
+    # Imported here, not at the top: toolken_plus.cli imports this module, and `python -m
+    # toolken_plus.cli.compare` (which report imports) warns when the package loaded it already.
+    import toolken_plus.cli.report as report
+
+    rep = sub.add_parser("report", help="one markdown report across benchmarks and methods",
+                         description=report.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    report.add_arguments(rep)
+    rep.set_defaults(run=report.run)
     return parser
 
 

@@ -15,6 +15,34 @@ COLUMNS = [("label", "setting", "{}"), ("n", "questions", "{}"), ("accuracy", "a
            ("tool_calls", "tool calls", "{}"), ("tool_errors", "tool errors", "{}"),
            ("false_positive_calls", "false-positive calls", "{}"), ("seconds", "wall s", "{}")]
 
+SETTING_LABELS = {"no_tools": "no tools", "toolkens": "ToolkenGPT", "gold_classes": "gold, classes only"}
+# infer.py's method= baselines (config/methods.py); a run without `method` predates them: toolkens
+METHOD_LABELS = {"icl": "in-context (ICL)", "lora": "LoRA"}
+
+
+def label(run: dict) -> str:
+    """A run's row label, from its metrics.json (also used by cli/report.py)."""
+    setting = run.get("setting", "")
+    reranker = run.get("reranker", "none")
+    if setting == "toolkens" and run.get("method") in METHOD_LABELS:
+        text = METHOD_LABELS[run["method"]]
+    elif setting == "toolkens" and reranker != "none":  # ToolkenGPT = toolkens alone; Toolken+ = toolkens + a reranker
+        text = f"Toolken+ ({reranker})"
+        if "rerank_rejects" in run:
+            text += f", {run['rerank_rejects']} rejects"
+    else:
+        text = SETTING_LABELS.get(setting, setting)
+    if run.get("grounded"):
+        text += ", grounded"
+    return text
+
+
+def task_columns(task_name: str) -> list[tuple]:
+    """The (metrics key, title, format) columns after the label: a task may name its own
+    (VirtualHome: executability, success, …); COLUMNS otherwise."""
+    task = known_tasks().get(task_name)
+    return list(task.compare_columns) if task is not None and task.compare_columns else COLUMNS[1:]
+
 
 def table(run_dirs: list[Path]) -> str:
     rows = []
@@ -23,19 +51,9 @@ def table(run_dirs: list[Path]) -> str:
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found: pass run dirs of infer.py")
         row = json.loads(path.read_text())
-        reranker = row.get("reranker", "none")
-        # ToolkenGPT = toolkens alone; Toolken+ = toolkens + a reranker
-        row["label"] = {"no_tools": "no tools", "toolkens": "ToolkenGPT", "gold_classes": "gold, classes only"}.get(row.get("setting"), row.get("setting", ""))
-        if row.get("setting") == "toolkens" and reranker != "none":
-            row["label"] = f"Toolken+ ({reranker})"
-            if "rerank_rejects" in row:
-                row["label"] += f", {row['rerank_rejects']} rejects"
-        if row.get("grounded"):
-            row["label"] += ", grounded"
+        row["label"] = label(row)
         rows.append(row)
-    # A task may name its own columns (VirtualHome: executability, success, …).
-    task = known_tasks().get(rows[0].get("task", ""))
-    columns = [COLUMNS[0], *task.compare_columns] if task is not None and task.compare_columns else COLUMNS
+    columns = [COLUMNS[0], *task_columns(rows[0].get("task", ""))]
     questions = {r["n"] for r in rows}
     if len(questions) > 1:
         raise ValueError(f"runs answered different numbers of questions {sorted(questions)}: not comparable")

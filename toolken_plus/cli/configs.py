@@ -1,11 +1,12 @@
 """Hydra's view of the configuration: the schemas of conf/config.yaml
-(TrainConfig) and conf/infer.yaml (InferConfig), and the options of the four
+(TrainConfig) and conf/infer.yaml (InferConfig), and the options of the five
 groups, registered from the classes that define them (one source of truth:
 each option's fields and defaults live in its dataclass).
 
     model     smollm2_135m (default) | hf | tiny_random          backbone/loading.py
     task      every Task in toolken_plus/tasks/ by its name      tasks/
     reranker  none (default) | llm | embedding                   rerank/
+    method    toolkens (default) | icl | lora                    config/methods.py
     logger    none (default) | wandb                             train/loggers.py
 
 A group option of your own can also be a YAML file in conf/<group>/ with a
@@ -20,6 +21,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
 from toolken_plus.backbone import DEFAULT_BACKBONE, HFBackbone, TinyRandomBackbone
+from toolken_plus.config.methods import METHODS
 from toolken_plus.config.schema import InferConfig, TrainConfig
 from toolken_plus.rerank import EmbeddingRerank, LLMRerank, NoRerank
 from toolken_plus.tasks import known_tasks
@@ -35,6 +37,7 @@ def group_options() -> dict[str, dict[str, object]]:
         "task": {name: cls() for name, cls in known_tasks().items()},
         "reranker": {"none": NoRerank(), "llm": LLMRerank(), "embedding": EmbeddingRerank()},
         "logger": {"none": NoLogger(), "wandb": Wandb()},
+        "method": {name: cls() for name, cls in METHODS.items()},
     }
 
 

@@ -107,6 +107,7 @@ class RunConfig:
     model: Any = None  # a backbone spec (backbone/loading.py); infer.py: None = the checkpoint's backbone
     task: Any = None  # a Task (tasks/); infer.py: None = the checkpoint's task
     reranker: Any = None  # a reranker spec (rerank/); None = ToolkenGPT (no stage 2)
+    method: Any = None  # a method spec (config/methods.py): toolkens | icl | lora; None = toolkens
     logger: Any = None  # a logger spec (train/loggers.py); None = the run dir's JSONL log only
     seed: int = 0
     # Rerunning into an existing run dir resumes it (training from the last

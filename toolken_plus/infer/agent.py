@@ -29,13 +29,14 @@ class Agent:
     """Answers questions with a frozen backbone, its toolkens and real tools.
 
     `task` gives the stop rule and answer parsing (a TextTask); `reranker`
-    is Toolken+'s stage 2 (None: ToolkenGPT). Closing the agent ends its tool
+    is Toolken+'s stage 2 (None: ToolkenGPT). `text_calls` (method=icl/lora,
+    head None): the model writes its calls as text, `<tool>(args)=`. Closing the agent ends its tool
     worker processes (an exit handler does it for agents never closed);
     `data_root` is handed to a plugin's tool pack when a worker loads it.
     """
 
     def __init__(self, backbone: Backbone, head: ToolkenHead | None, tools: dict[str, Tool], prompt: FewShotPrompt,
-                 config: AgentConfig | None = None, reranker=None, *, task=None, data_root=None):
+                 config: AgentConfig | None = None, reranker=None, *, task=None, data_root=None, text_calls: bool = False):
         if head is not None:
             missing = [n for n in head.tool_names if n not in tools]
             if missing:
@@ -43,7 +44,7 @@ class Agent:
         self.cfg = config or AgentConfig()
         runners = make_runners(tools, self.cfg.isolation, timeout=self.cfg.tool_timeout,
                                max_chars=self.cfg.max_result_chars, memory_mb=self.cfg.tool_memory_mb, data_root=data_root)
-        self.policy = DecisionPolicy(backbone, head, tools, prompt, self.cfg, reranker, task, runners)
+        self.policy = DecisionPolicy(backbone, head, tools, prompt, self.cfg, reranker, task, runners, text_calls)
         self.scheduler = Scheduler(self.policy)
 
     # what the agent is made of (read-only views of the policy's parts)

@@ -21,7 +21,7 @@ from toolken_plus.config.schema import AgentConfig
 from toolken_plus.data.prompts import FewShotPrompt
 from toolken_plus.infer.records import CallDone, Row, ToolCallRecord
 from toolken_plus.rerank.base import RerankContext, decision_record, top_candidates
-from toolken_plus.tools.calls import ToolArgumentError, coerce_arguments, parse_arguments
+from toolken_plus.tools.calls import ToolArgumentError, closing_paren, coerce_arguments, find_text_call, parse_arguments
 from toolken_plus.tools.registry import Tool
 
 
@@ -32,8 +32,11 @@ class DecisionPolicy:
     RESULT_ROOM = 64
 
     def __init__(self, backbone, head, tools: dict[str, Tool], prompt: FewShotPrompt, cfg: AgentConfig,
-                 reranker, task, runners: dict):
+                 reranker, task, runners: dict, text_calls: bool = False):
         self.backbone = backbone
+        # Text methods (icl, lora): calls are written as text, `<tool>(args)=`,
+        # and run when the model writes the `=` (run_text_call).
+        self.text_calls = text_calls
         self.head = head
         self.tools = tools
         self.prompt = prompt
@@ -207,6 +210,29 @@ class DecisionPolicy:
             rec.error = outcome.error
         return rec
 
+    def run_text_call(self, row: Row) -> bool:
+        """Text methods: the model has just written `<tool>(args)=`. The call
+        goes through the same parser and runner as a toolken's; its result is
+        written after the `=` and fed to the model (row.forced), as after a
+        toolken call. A failed call leaves the text as it is (the model goes
+        on and writes a number of its own). True when a call was made."""
+        if len(row.calls) >= self.cfg.max_calls:
+            return False
+        found = find_text_call(row.generation(), self.tools)
+        if found is None:
+            return False
+        name, args_text, _ = found
+        row.commit()
+        row.tool = self.tools[name]
+        rec = self.run_tool(row, args_text)
+        row.tool = None
+        row.calls.append(rec)
+        if rec.result:
+            row.reason_text += rec.result
+            row.trace_text += rec.result
+            row.forced = self.encode(rec.result)
+        return True
+
     # ----------------------------------------------------- reasoning mode
     def reason_token(self, row: Row, vocab_logits: torch.Tensor) -> int:
         """The vocabulary's argmax is the row's next reasoning token (a row it
@@ -224,6 +250,8 @@ class DecisionPolicy:
         row.pending.append(token)
         row.pending_text = self.tok.decode(row.pending)
         stop = self.task.stop_at(row.generation()) if self.task is not None else None
+        if self.text_calls and self.run_text_call(row):
+            return False
         if stop is not None:
             # keep the text up to the stop, drop what the model started after it
             cut = stop - len(row.reason_text)
@@ -235,21 +263,3 @@ class DecisionPolicy:
             row.finish_reason = "length"
             return True
         return False
-
-
-def closing_paren(text: str) -> int | None:
-    """Index of the `)` closing the call's `(` (brackets and quotes respected)."""
-    depth, quote = 0, None
-    for i, ch in enumerate(text):
-        if quote:
-            if ch == quote:
-                quote = None
-        elif ch in "\"'":
-            quote = ch
-        elif ch in "([":
-            depth += 1
-        elif ch in ")]":
-            if depth == 0 and ch == ")":
-                return i
-            depth -= 1
-    return None

@@ -15,9 +15,11 @@ import time
 from pathlib import Path
 from typing import Iterable
 
-from toolken_plus.adapter import ToolkenConfig, ToolkenHead, checkpoint_tools
+from toolken_plus.adapter import ToolkenConfig, ToolkenHead, apply_lora, checkpoint_tools
+from toolken_plus.adapter.text_run import TextRunRecord
 from toolken_plus.backbone import DEFAULT_BACKBONE, SMOLLM2_135M, Backbone, build_backbone
 from toolken_plus.config import as_config, cache_dir, data_root, default_data_root, to_plain
+from toolken_plus.config.methods import METHODS, ToolkensMethod
 from toolken_plus.config.schema import AgentConfig, DataConfig, InferConfig
 from toolken_plus.config.validation import validate_config
 from toolken_plus.data.prompts import SLOT, FewShotPrompt
@@ -26,6 +28,7 @@ from toolken_plus.infer.choice import ChoicePredictor
 from toolken_plus.infer.evaluate import evaluate
 from toolken_plus.infer.plan import GoldPlans, PlanPredictor
 from toolken_plus.infer.predictions import settings_fingerprint
+from toolken_plus.infer.text_methods import ChoiceTextPredictor, DocRetriever, PlanTextPredictor
 from toolken_plus.rerank import NoRerank
 from toolken_plus.rundir import RunDirLock
 from toolken_plus.tasks import Task, task_from_config
@@ -39,18 +42,27 @@ class Inference:
     caller hands over in code): task, backbone, head, tools, reranker, predictor."""
 
     def __init__(self, cfg: InferConfig, backbone: Backbone | None = None, *,
-                 tools: Iterable[Tool] | dict[str, Tool] = (), prompt=None):
+                 tools: Iterable[Tool] | dict[str, Tool] = (), prompt=None, embedder=None):
         self.cfg = cfg
+        self.embedder = embedder  # method=icl's doc retrieval (None: MiniLM; tests pass a small one)
         agent = cfg.agent
-        self.saved = ToolkenConfig.load(cfg.checkpoint) if cfg.checkpoint else None
-        if agent.use_tools and self.saved is None:
-            raise ValueError("checkpoint=<run dir of train.py> is required (or agent.setting=no_tools)")
+        if cfg.checkpoint and cfg.method is not None and cfg.method.name == "icl":
+            raise ValueError("method=icl trains nothing: drop checkpoint= (and give task=… or experiment=…)")
+        # A text-method run (lora) records its method in method_config.json, a
+        # toolken run its adapter in toolken_config.json.
+        self.text_run = TextRunRecord.load(cfg.checkpoint) if cfg.checkpoint and TextRunRecord.exists(cfg.checkpoint) else None
+        self.saved = ToolkenConfig.load(cfg.checkpoint) if cfg.checkpoint and self.text_run is None else None
+        self.method = self._method(cfg.method)
+        if self.method.name == "toolkens" and agent.use_tools and self.saved is None:
+            raise ValueError("checkpoint=<run dir of train.py> is required (or agent.setting=no_tools, or method=icl)")
         self.task = self._task(cfg.task)
         self.root = data_root(cfg.data)
         if backbone is None and not agent.gold_plans:  # gold plans need no model
             t0 = time.perf_counter()
             backbone = build_backbone(self._model_spec(cfg.model), cache_dir(cfg))
             log.info("backbone %s loaded in %.1f s", backbone.name, time.perf_counter() - t0)
+        if self.method.name == "lora" and backbone is not None:
+            backbone = apply_lora(backbone, cfg.checkpoint)  # merged into the weights: the decoding paths stay the same
         self.backbone = backbone
         given = dict(tools) if isinstance(tools, dict) else {t.name: t for t in tools}
         # The task's tools (calculator, MetaTool's doc-only tools, …), then the
@@ -59,13 +71,28 @@ class Inference:
         self.tools = checkpoint_tools(cfg.checkpoint, self.root, given=task_tools) if self.saved else task_tools
         docs = {n: t.doc for n, t in self.tools.items()}
         self.head = None
-        if agent.use_tools:
+        if agent.use_tools and not self.method.text_calls:
             self.head = ToolkenHead.from_pretrained(cfg.checkpoint, backbone=backbone, tool_docs=docs)
         self.reranker = (cfg.reranker or NoRerank()).build(backbone, self.head, docs) if self.head is not None else None
         self.prompt = _as_prompt(prompt) if prompt is not None else None
 
+    def _method(self, method):
+        """method=… as given, else the checkpoint's (a lora run), else toolkens;
+        checked against the checkpoint and the setting."""
+        recorded = self.text_run.method.get("name") if self.text_run else None
+        if method is None:
+            method = METHODS[recorded](**self.text_run.method) if recorded else ToolkensMethod()
+        name = method.name
+        if recorded and name != recorded:
+            raise ValueError(f"{self.cfg.checkpoint} is a method={recorded} run: drop method={name} (or use a toolken checkpoint)")
+        if name == "lora" and self.text_run is None:
+            raise ValueError("method=lora needs checkpoint=<run dir of train.py method=lora>")
+        if method.text_calls and self.cfg.agent.setting == "no_tools":
+            raise ValueError(f"method={name} calls tools as text: agent.setting=no_tools does not apply")
+        return method
+
     def _task(self, task) -> Task:
-        recorded = self.saved.task if self.saved else {}
+        recorded = self.saved.task if self.saved else self.text_run.task if self.text_run else {}
         if isinstance(task, dict) and recorded:  # `+task.field=…`: the checkpoint's task with these fields changed
             return task_from_config({**recorded, **task})
         if task is None:
@@ -81,6 +108,8 @@ class Inference:
     def _model_spec(self, model):
         if model is not None:
             return model
+        if self.text_run is not None:
+            return self.text_run.base_model["spec"]
         base = self.saved.base_model if self.saved else None
         if base is None or base.spec is not None:
             return base.spec if base else DEFAULT_BACKBONE
@@ -96,41 +125,64 @@ class Inference:
         if self.task.mode == "plan":
             if agent.gold_plans:
                 return GoldPlans(self.task, with_ids=agent.setting == "gold")
+            if self.method.text_calls:
+                if agent.grounded:
+                    raise ValueError(f"agent.grounded masks toolken choices: method={self.method.name} writes its plan as text")
+                return PlanTextPredictor(self.backbone, self.task, self.method, self.root, batch_size=agent.batch_size,
+                                         progress=agent.progress)
             if self.head is None:
                 raise ValueError(f"task {self.task.name!r} writes plans with toolkens: it needs checkpoint=… "
                                  f"(or agent.setting=gold)")
             return PlanPredictor(self.backbone, self.head, self.reranker, self.task, self.task.prefix_text(self.root),
                                  batch_size=agent.batch_size, grounded=agent.grounded, max_steps=self.task.max_steps,
                                  progress=agent.progress)
+        if self.task.mode == "choice" and self.method.text_calls:
+            return self._choice_text_predictor()
         if self.task.mode == "choice":
             if self.head is None:
                 raise ValueError(f"task {self.task.name!r} is a choice task: it needs a checkpoint's toolkens "
                                  f"(agent.setting=no_tools does not apply)")
             return ChoicePredictor(self.backbone, self.head, self.reranker, self.task, bias=agent.logit_bias,
                                    progress=agent.progress)
-        prompt = self.prompt or self.task.prompt(self.root)
+        text_calls = self.method.text_calls
+        prompt = self.prompt or (self.task.text_prompt(self.root, self.method.name) if text_calls else self.task.prompt(self.root))
         # Tools of third-party plugins run in worker processes (agent.isolation,
         # tools/isolation.py); a worker hands the data folder to a plugin's pack.
         return Agent(self.backbone, self.head, self.tools, prompt, agent, reranker=self.reranker, task=self.task,
-                     data_root=self.root)
+                     data_root=self.root, text_calls=text_calls)
+
+    def _choice_text_predictor(self) -> ChoiceTextPredictor:
+        docs = {n: t.doc for n, t in self.tools.items()}
+        method, demos, retriever = self.method, [], None
+        if method.name == "icl":
+            demos = self.task.icl_demos(self.root)
+            docs_cut = {n: d[: method.max_doc_chars] for n, d in docs.items()}
+            if 0 < method.retrieve < len(docs):
+                log.info("method=icl: the prompt lists the %d of %d tool docs nearest each query (MiniLM)",
+                         method.retrieve, len(docs))
+                retriever = DocRetriever(docs_cut, method.retrieve, embedder=self.embedder)
+            docs = docs_cut
+        return ChoiceTextPredictor(self.backbone, self.task, method, docs=docs, demos=demos, retriever=retriever,
+                                   batch_size=self.cfg.agent.batch_size, progress=self.cfg.agent.progress)
 
     def info(self, predictor) -> dict:
         """What metrics.json records about the run besides the scores."""
         agent = self.cfg.agent
         bias = getattr(predictor, "bias", None) if self.head is not None else None
-        return {"task": self.task.name, "setting": agent.setting, "checkpoint": self.cfg.checkpoint,
+        return {"task": self.task.name, "setting": agent.setting, "method": self.method.name, "checkpoint": self.cfg.checkpoint,
                 "reranker": self.reranker.name if self.reranker is not None else "none",
                 "eval": self.cfg.data.eval_file or self.cfg.data.eval or self.task.eval_sets[0],
                 "logit_bias": bias, "batch_size": agent.batch_size, "grounded": agent.grounded}
 
 
-def run_inference(cfg, run_dir: str | Path, backbone: Backbone | None = None) -> tuple[dict, list[dict], Task]:
+def run_inference(cfg, run_dir: str | Path, backbone: Backbone | None = None, *,
+                  embedder=None) -> tuple[dict, list[dict], Task]:
     """Validate the config, lock the run dir, answer the task's evaluation
     items (resuming predictions already in the run dir) and score them.
     Returns (metrics, prediction rows, task)."""
     cfg = validate_config(as_config(cfg, InferConfig))
     with RunDirLock(run_dir):
-        setup = Inference(cfg, backbone)
+        setup = Inference(cfg, backbone, embedder=embedder)
         items = setup.task.eval_items(cfg.data)
         predictor = setup.predictor()
         try:

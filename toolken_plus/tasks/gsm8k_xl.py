@@ -25,6 +25,7 @@ from typing import ClassVar
 
 from toolken_plus.config import data_root
 from toolken_plus.data.prompts import FewShotPrompt
+from toolken_plus.data.text_examples import TextExample
 from toolken_plus.tasks import gsm8k
 from toolken_plus.tasks.answers import extract_answer, is_correct
 from toolken_plus.tasks.base import EvalItem, TaskData, TextTask, limit
@@ -34,6 +35,13 @@ from toolken_plus.tools.registry import Tool
 def false_positive_calls(called: list[str], reference: list[str]) -> int:
     extra = Counter(called) - Counter(reference)
     return sum(extra.values())
+
+
+def _number_text(value) -> str:
+    """An argument as the demos write it: 12, 0.2 (a float that is whole loses its `.0`)."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
 
 
 def stop_at_answer(text: str) -> int | None:
@@ -64,6 +72,7 @@ class Gsm8kXL(TextTask):
     split_seed: int = 0
     test_file: str = "gsm8k-xl/test.json"
     prompt_file: str = "gsm8k-xl/template/llama_general.txt"
+    icl_prompt_file: str = "gsm8k-xl/template/llama_func.txt"  # method=icl: demos that write their calls as text
 
     main_metric: ClassVar[str] = "accuracy"
     eval_sets: ClassVar[tuple[str, ...]] = ("test",)
@@ -90,6 +99,36 @@ class Gsm8kXL(TextTask):
     # ---------------------------------------------------------- evaluation
     def prompt(self, root: Path) -> FewShotPrompt:
         return FewShotPrompt.from_file(Path(root) / self.prompt_file)
+
+    # ------------------------------------------------- text methods (icl, lora)
+    def text_prompt(self, root: Path, method: str) -> FewShotPrompt:
+        """icl: the tools' docs, then ToolkenGPT's in-context prompt (its demos
+        write every call as `<multiply>(4, 3)=12`); lora: its instruction line
+        and the question only: the format LoRA is trained on (text_examples)."""
+        demos = FewShotPrompt.from_file(Path(root) / self.icl_prompt_file)
+        instruction, _, rest = demos.prefix.partition("\n")
+        if method == "lora":
+            return FewShotPrompt(instruction + "\n\n", demos.question_format)
+        docs = "".join(f"- {t.doc}\n" for t in self.build_tools(root).values())
+        return FewShotPrompt(f"{instruction}. The operators:\n{docs}Write a call as <operator>(X, Y)= and its result "
+                             f"follows.\n{rest}", demos.question_format)
+
+    def text_examples(self, examples: list, root: Path) -> list[TextExample]:
+        """Training texts for lora: the lora prompt, then the answer with each
+        call written out before its result (`48/2 = <divide>(48, 2)=24`)."""
+        prompt = self.text_prompt(root, "lora")
+        out = []
+        for ex in examples:
+            answer = ex.text[ex.text.index("Answer:") + len("Answer:"):]
+            offset = len(ex.text) - len(answer)
+            pieces, pos = [], 0
+            for call in ex.calls:
+                start = call.start - offset
+                pieces += [answer[pos:start], f"<{call.tool}>({', '.join(_number_text(a) for a in call.args)})="]
+                pos = start
+            pieces.append(answer[pos:])
+            out.append(TextExample(ex.id, prompt.render(ex.meta["question"]), "".join(pieces)))
+        return out
 
     def stop_at(self, text: str) -> int | None:
         return stop_at_answer(text)
@@ -131,7 +170,7 @@ class Gsm8kXL(TextTask):
 
     def report(self, metrics: dict, rows: list[dict], run_dir: Path, examples: int = 3) -> str:
         lines = [
-            f"# GSM8K-XL evaluation ({metrics.get('setting') or 'agent'})",
+            f"# GSM8K-XL evaluation (method={metrics.get('method', 'toolkens')}, setting={metrics.get('setting') or 'agent'})",
             "",
             f"- accuracy: **{metrics['accuracy']:.3f}** ({metrics['correct']}/{metrics['n']})",
             f"- tool calls: {metrics['tool_calls']} ({metrics['calls_per_question']:.2f} per question), "

@@ -31,6 +31,7 @@ from toolken_plus.config import data_root
 from toolken_plus.data.encoding import IGNORE, VOCAB, Encoded
 from toolken_plus.data.examples import DataError
 from toolken_plus.data.jsonl import find_lone_surrogate, lone_surrogate_reason, read_json, read_json_or_jsonl, read_utf8
+from toolken_plus.data.text_examples import TextExample
 from toolken_plus.tasks.base import ChoiceTask, EvalItem, TaskData, limit
 from toolken_plus.tools.registry import Tool
 
@@ -219,6 +220,14 @@ class MetaTool(ChoiceTask):
     split_seed: int = 0
 
     main_metric: ClassVar[str] = "top1_accuracy"
+    # python -m toolken_plus.cli.compare / toolken-plus report: (metrics key, title, format)
+    compare_columns: ClassVar[tuple] = (("n", "queries", "{}"), ("top1_accuracy", "top-1", "{:.3f}"),
+                                        ("end_to_end_accuracy", "end-to-end", "{:.3f}"),
+                                        ("retrieval_recall", "gold doc retrieved", "{:.3f}"),
+                                        ("unparsed_rate", "unparsed answers", "{:.3f}"),
+                                        ("awareness_accuracy", "awareness acc.", "{:.3f}"),
+                                        ("call_precision", "call precision", "{:.3f}"), ("call_recall", "call recall", "{:.3f}"),
+                                        ("false_positive_calls", "false-positive calls", "{}"), ("seconds", "wall s", "{}"))
     # selection: the held-out split; awareness: Task1's held-out half (tool needed or not); val
     eval_sets: ClassVar[tuple[str, ...]] = ("selection", "awareness", "val")
 
@@ -249,6 +258,40 @@ class MetaTool(ChoiceTask):
         """Doc-only tools: MetaTool scores the choice, nothing is executed."""
         return {n: Tool(n, None, doc) for n, doc in self.docs(root).items()}
 
+    # ------------------------------------------------- text methods (icl, lora)
+    n_icl_demos: ClassVar[int] = 4  # icl: worked queries from the train split (one needs no tool)
+
+    def icl_demos(self, root: Path) -> list[ChoiceExample]:
+        """The first train queries of distinct tools, and the first needing none."""
+        train, picked, seen = self.split(root).train, [], set()
+        for ex in train:
+            if ex.tool is not None and ex.tool not in seen and len(picked) < self.n_icl_demos - 1:
+                picked.append(ex)
+                seen.add(ex.tool)
+        return picked + [next(ex for ex in train if ex.tool is None)]
+
+    def text_prompt(self, query: str, method: str, docs: dict[str, str] | None = None,
+                    demos: list[ChoiceExample] = ()) -> str:
+        """icl: the instruction, the listed tools' docs, worked demos, the
+        query; lora: the instruction and the query (what it is trained on)."""
+        if method == "lora":
+            return PROMPT_PREFIX + query_text(query)
+        listed = "".join(f"- {name}: {doc}\n" for name, doc in (docs or {}).items())
+        shown = "".join(f"{query_text(d.query)} {d.tool or 'None'}\n\n" for d in demos)
+        return f"{PROMPT_PREFIX}Tools:\n{listed}\n{shown}{query_text(query)}"
+
+    @staticmethod
+    def parse_text(text: str, tool_names) -> tuple[str | None, bool]:
+        """A written answer → (tool or None, parsed): its first word must be a
+        tool's exact name or `None`; anything else is no call, unparsed."""
+        word = (text.strip().split() or [""])[0].rstrip(".,;:")
+        if word == "None":
+            return None, True
+        return (word, True) if word in tool_names else (None, False)
+
+    def text_examples(self, examples: list[ChoiceExample], root: Path) -> list[TextExample]:
+        return [TextExample(ex.id, self.text_prompt(ex.query, "lora"), f" {ex.tool or 'None'}") for ex in examples]
+
     # ---------------------------------------------------------- evaluation
     def example_text(self, item: EvalItem) -> str:
         """What follows the shared prefix; the model decides at its last token."""
@@ -275,14 +318,16 @@ class MetaTool(ChoiceTask):
         return choice_metrics(rows, k)
 
     def report(self, metrics: dict, rows: list[dict], run_dir: Path) -> str:
-        title = (f"MetaTool {metrics.get('eval', '')}: reranker={metrics.get('reranker', 'none')}, "
+        title = (f"MetaTool {metrics.get('eval', '')}: method={metrics.get('method', 'toolkens')}, "
+                 f"reranker={metrics.get('reranker', 'none')}, "
                  f"k={max((len(r['stage1_topk']) for r in rows), default=1)}")
-        png = confusion_png(rows, sorted({r["gold"] for r in rows if r["gold"]} | {r["selected"] for r in rows}),
+        used = sorted({r["gold"] for r in rows if r["gold"]} | {r["selected"] for r in rows if r["selected"]})
+        png = confusion_png(rows, used + [NO_TOOL_COLUMN],
                             Path(run_dir) / "confusion.png", title)
         lines = [f"# {title}", ""]
         topk = next((key for key in metrics if key.startswith("top") and key != "top1_accuracy" and key.endswith("_accuracy")), None)
-        for key in ("n", "top1_accuracy", topk, "end_to_end_accuracy", "triggered_rate", "rejected_rate",
-                    "awareness_accuracy", "call_precision", "call_recall", "call_f1", "false_positive_calls", "seconds"):
+        for key in ("n", "top1_accuracy", topk, "end_to_end_accuracy", "triggered_rate", "rejected_rate", "retrieval_recall",
+                    "unparsed_rate", "awareness_accuracy", "call_precision", "call_recall", "call_f1", "false_positive_calls", "seconds"):
             if key and key in metrics:
                 v = metrics[key]
                 lines.append(f"- {key}: {v:.3f}" if isinstance(v, float) else f"- {key}: {v}")
@@ -318,6 +363,10 @@ def choice_metrics(preds: list[dict], k: int) -> dict:
             per[p["gold"]][0] += p["selected"] == p["gold"]
             per[p["gold"]][1] += 1
         m["per_tool"] = {t: {"accuracy": c / n, "n": n} for t, (c, n) in sorted(per.items())}
+        if any("retrieved" in p for p in sel):  # method=icl with retrieval: how often the gold tool was listed at all
+            m["retrieval_recall"] = sum(p["gold"] in p.get("retrieved", ()) for p in sel) / len(sel)
+    if any("parsed" in p for p in preds):  # text methods: answers that named neither a tool nor None
+        m["unparsed_rate"] = sum(not p.get("parsed", True) for p in preds) / len(preds)
     if any(p["gold"] is None for p in preds):
         need = [p["gold"] is not None for p in preds]
         call = [p["called"] is not None for p in preds]
@@ -332,9 +381,15 @@ def choice_metrics(preds: list[dict], k: int) -> dict:
     return m
 
 
+NO_TOOL_COLUMN = "(no tool)"  # the confusion column of rows that called no tool (not triggered, rejected, unparsed)
+
+
 def confusion_png(preds: list[dict], tool_names: list[str], path: Path, title: str = "") -> Path | None:
-    """Gold (rows) vs selected (columns) over the tools that occur."""
-    sel = [p for p in preds if p["gold"] is not None and p["gold"] in tool_names]
+    """Gold (rows) vs selected (columns) over the tools that occur; a row
+    that selected nothing counts in the NO_TOOL_COLUMN column."""
+    if NO_TOOL_COLUMN not in tool_names:
+        tool_names = [*tool_names, NO_TOOL_COLUMN]
+    sel = [{**p, "selected": p["selected"] or NO_TOOL_COLUMN} for p in preds if p["gold"] is not None and p["gold"] in tool_names]
     if not sel:
         return None
     import matplotlib

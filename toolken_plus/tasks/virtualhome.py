@@ -49,6 +49,7 @@ from __future__ import annotations
 import functools
 import json
 import random
+import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +59,7 @@ import numpy as np
 
 from toolken_plus.config import data_root
 from toolken_plus.data.encoding import IGNORE, Encoded
+from toolken_plus.data.text_examples import TextExample
 from toolken_plus.tasks.base import EvalItem, PlanTask, TaskData, limit
 from toolken_plus.tasks.virtualhome_sim import (
     CHARACTER_ID,
@@ -76,6 +78,11 @@ LINE_END = "\n"
 BROKEN_GOLD = frozenset({"file624_1", "file688_1"})  # their gold plans grab an object already held
 INSTRUCTION = ("Plan household tasks for a robot in a home. Each plan step is one line: an action in "
                "square brackets and the object it acts on in angle brackets. A plan ends with [END].\n\n")
+
+
+# A plan line as a model writes it (classes only): `[GRAB] <mug>`, `[PUTBACK] <mug> <table>`.
+_PLAN_LINE = re.compile(r"^\[([A-Z_]+)\]((?:\s*<[^<>\n]+>)*)$")
+_PLAN_OBJECT = re.compile(r"<([^<>\n]+)>")
 
 
 # --------------------------------------------------------------------- data
@@ -313,6 +320,45 @@ class VirtualHome(PlanTask):
             yield LINE_END, None
         yield self.action_text(END), END
 
+    # ------------------------------------------------- text methods (icl, lora)
+    def text_prompt(self, header: str, root: Path, method: str) -> str:
+        """icl: the instruction, every action toolken's doc, the demos of the
+        shared prefix, then the task; lora: the instruction and the task only
+        (what it is trained on). The objects are listed in each task's header."""
+        if method == "lora":
+            return f"{INSTRUCTION}Task 1:\n{header}"
+        actions, _ = self.toolkens(root)
+        docs = "".join(f"{action_doc(a)}\n" for a in actions)
+        return f"{INSTRUCTION}Actions:\n{docs}\n{self.prefix_text(root)[len(INSTRUCTION):]}{header}"
+
+    def parse_text(self, text: str) -> dict:
+        """A written plan → the prediction a toolken plan gives: steps up to
+        `[END]`; a line that is not `[ACTION] <object> …` ends the plan
+        (finish "unparsed"), as does the step limit or the token budget."""
+        plan, finish = [], "length"
+        for line in text.split(LINE_END):
+            line = line.strip()
+            if line == f"[{END}]":
+                finish = "end"
+                break
+            m = _PLAN_LINE.match(line)
+            if m is None:
+                finish = "unparsed"
+                break
+            if len(plan) == self.max_steps:
+                finish = "step_limit"
+                break
+            plan.append([m.group(1), _PLAN_OBJECT.findall(m.group(2))])
+        return {"plan": plan, "finish": finish, "text": text}
+
+    @staticmethod
+    def text_complete(text: str) -> bool:
+        """Stop generating: the plan ended, or a blank line (the model moved on)."""
+        return f"[{END}]" in text or "\n\n" in text
+
+    def text_examples(self, examples: list[PlanExample], root: Path) -> list[TextExample]:
+        return [TextExample(ex.id, self.text_prompt(ex.header, root, "lora"), plan_text(ex.steps)) for ex in examples]
+
     # ------------------------------------------------- plan interface (infer/plan.py)
     @staticmethod
     def action_text(action: str) -> str:
@@ -406,6 +452,8 @@ class VirtualHome(PlanTask):
             "steps": outcome.steps,  # simulator verdict per step run (a plan stops at its first failure)
             "unmet": outcome.unmet,
             "choices": res.get("choices", []),
+            # text methods (icl, lora): what the model wrote, and whether the prompt was cut to fit
+            **{k: res[k] for k in ("text", "prompt_cut") if k in res},
         }
 
     def metrics(self, rows: list[dict]) -> dict:
@@ -426,8 +474,8 @@ class VirtualHome(PlanTask):
 
     def report(self, metrics: dict, rows: list[dict], run_dir: Path) -> str:
         grounded = " grounded" if metrics.get("grounded") else ""
-        lines = [f"# VirtualHome {metrics.get('eval', 'test')}: setting={metrics.get('setting')}, "
-                 f"reranker={metrics.get('reranker', 'none')}{grounded}", ""]
+        lines = [f"# VirtualHome {metrics.get('eval', 'test')}: method={metrics.get('method', 'toolkens')}, "
+                 f"setting={metrics.get('setting')}, reranker={metrics.get('reranker', 'none')}{grounded}", ""]
         for key in ("n", "executability", "success_rate", "lcs", "mean_plan_steps", "mean_gold_steps", "seconds"):
             v = metrics.get(key)
             lines.append(f"- {key}: {v:.3f}" if isinstance(v, float) else f"- {key}: {v}")

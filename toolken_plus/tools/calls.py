@@ -158,6 +158,46 @@ class _Parser:
         return -value if negative else value
 
 
+def closing_paren(text: str) -> int | None:
+    """Index of the `)` closing the call's `(` (brackets and quotes respected)."""
+    depth, quote = 0, None
+    for i, ch in enumerate(text):
+        if quote:
+            if ch == quote:
+                quote = None
+        elif ch in "\"'":
+            quote = ch
+        elif ch in "([":
+            depth += 1
+        elif ch in ")]":
+            if depth == 0 and ch == ")":
+                return i
+            depth -= 1
+    return None
+
+
+_TEXT_CALL_HEAD = re.compile(r"<([A-Za-z_][\w.-]*)>\(")
+
+
+def find_text_call(text: str, tool_names) -> tuple[str, str, int] | None:
+    """A call the model has just finished writing as text: `text` ends with
+    `<name>(args)=` for a known tool (the demos' `<add>(3, 4)=7` with the
+    result still to come). Returns (name, args_text, where the call starts),
+    or None. Text methods (icl, lora) call tools this way; the arguments then
+    go through the same parser as a toolken's tool mode. Only the last call
+    head counts, and `<tool>(args)` without `=` is not a request for a result."""
+    if not text.endswith(")="):
+        return None
+    for head in reversed(list(_TEXT_CALL_HEAD.finditer(text))):
+        if head.group(1) not in tool_names:
+            continue
+        args = text[head.end():]
+        if closing_paren(args) == len(args) - 2:
+            return head.group(1), args[:-2], head.start()
+        return None
+    return None
+
+
 def parse_arguments(text: str) -> list:
     """Parse the text a model wrote between ``name(`` and ``)`` into a list of values.
 

@@ -131,6 +131,7 @@ class TrainToolkensRecipe:
             "cache/train_tokens_per_s": self.train_cache.meta["tokens_per_second"],
         })
         metrics.update(self.train_reranker())
+        metrics.update(self.cost(metrics))
         self.logger.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=self.trainer.epoch)
         self.metrics = metrics
         return metrics
@@ -149,6 +150,21 @@ class TrainToolkensRecipe:
         out["time/reranker_s"] = round(time.perf_counter() - t0, 2)
         log.info("reranker %s: %s", spec.name, {k: v for k, v in out.items() if "rerank" in k})
         return out
+
+    def cost(self, metrics: dict) -> dict:
+        """What training cost, in the keys the LoRA baseline reports too
+        (cli/report.py compares them): wall time of the feature cache (as
+        first built, also when this run found it built), the epochs and the
+        reranker; trained parameters; the process's peak memory."""
+        seconds = (metrics["time/train_cache_build_s"] + metrics["time/train_epochs_s"]
+                   + metrics.get("time/reranker_s", 0.0))
+        trainable = sum(p.numel() for p in self.head.parameters() if p.requires_grad)
+        return {"task": self.task.name, "method": "toolkens",
+                "cost/train_seconds": round(seconds, 2),
+                "cost/trainable_params": trainable,
+                "cost/total_params": trainable + sum(p.numel() for p in self.backbone.model.parameters()),
+                "cost/peak_memory_mb": peak_memory_mb(),
+                "cost/examples_per_s": len(self.data.train) * self.trainer.epoch / seconds if seconds > 0 else 0.0}
 
     # ----------------------------------------------------------------- save
     def save(self) -> Path:
@@ -179,6 +195,18 @@ class TrainToolkensRecipe:
         finally:
             self.close()
         return metrics
+
+    def summary(self) -> str:
+        return summary(self)
+
+
+def peak_memory_mb() -> float:
+    """The process's peak resident memory so far (the loaded model included)."""
+    import resource
+    import sys
+
+    # ru_maxrss: KiB on Linux, bytes on macOS
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1 << 20 if sys.platform == "darwin" else 1024)
 
 
 def call_counts(encoded, tool_names: list[str]) -> dict:
