@@ -193,6 +193,7 @@ def test_temp_files_of_killed_runs_are_removed_and_live_ones_kept(tiny_backbone,
     ("calibration.grid=[1,0,0]", "calibration.grid"), ("calibration.grid=[0,1,1e-9]", "calibration.grid"),
     ("cache.dtype=int8", "cache.dtype"), ("agent.tool_timeout=-1", "agent.tool_timeout"),
     ("reranker=llm", None), ("reranker=embedding", None), ("model=tiny_random", None),
+    ("method=lora", None), ("method=icl", None),
 ])
 def test_bad_values_are_named_with_their_range(override, option):
     problems = config_problems(as_config(_compose(TINY + [override]), TrainConfig))
@@ -200,6 +201,15 @@ def test_bad_values_are_named_with_their_range(override, option):
         assert problems == []  # every shipped option is valid
     else:
         assert len(problems) == 1 and problems[0].startswith(f"{option}=") and "must be" in problems[0]
+
+
+@pytest.mark.parametrize("overrides, option", [
+    (["method=lora", "method.r=0"], "method.r"), (["method=lora", "method.dropout=1.5"], "method.dropout"),
+    (["method=lora", "method.lr=0"], "method.lr"), (["method=icl", "method.retrieve=-1"], "method.retrieve"),
+])
+def test_bad_method_values_are_named_with_their_range(overrides, option):
+    problems = config_problems(as_config(_compose(TINY + overrides), TrainConfig))
+    assert len(problems) == 1 and problems[0].startswith(f"{option}=") and "must be" in problems[0]
 
 
 @pytest.mark.parametrize("override", ["trainer.epochs=2.7", "seed=1.5", "trainer.lr=fast", "agent.batch_size=[1]"])
