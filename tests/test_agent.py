@@ -239,10 +239,10 @@ def _llm_reranker(backbone, head, tools, reject: bool):
     from toolken_plus.rerank.llm import LLMReranker, init_rerank_weight
 
     class Scripted(LLMReranker):
-        def rankings(self, g, cands):
+        def rankings(self, g, cands, contexts):
             assert len(g) == 1, "scripted for batch 1"
             self.weight[-1] = (1.0 if reject else -1.0) * 1e4 * g[0] / g[0].norm()
-            return super().rankings(g, cands)
+            return super().rankings(g, cands, contexts)
 
     return Scripted(backbone, init_rerank_weight(head.weight), head.tool_names, {n: t.doc for n, t in tools.items()}, k=2)
 

@@ -157,6 +157,11 @@ def test_train_and_infer_metatool_end_to_end(tiny_backbone, data_root, tmp_path,
     run = tmp_path / "train"
     metrics = TrainToolkensRecipe(cfg, run, backbone=tiny_backbone).run()
     assert "val_rerank/accuracy" in metrics
+    if reranker == "llm":  # cross-fitted mining (the default) reports both modes' yields; the mix is calibrated
+        assert metrics["rerank/mining"] == "crossfit" and metrics["rerank/crossfit_folds"] == 5
+        assert {"rerank/train_mined_rejects@train", "rerank/train_mined_rejects@crossfit"} <= set(metrics)
+        assert metrics["rerank/train_mined_golds@crossfit"] == metrics["rerank/train_mined_golds@train"]
+        assert 0.0 <= metrics["rerank/mix"] <= 1.0 and metrics["val_rerank/tool_accuracy"] >= metrics["val_stage1/tool_accuracy"]
     saved = json.loads((run / "toolken_config.json").read_text())
     n_tools = len(TASK.docs(data_root))  # 199 in MetaTool
     assert saved["reranker"]["name"] == reranker and len(saved["tools"]) == n_tools

@@ -53,7 +53,8 @@ class ChoicePredictor:
             vocab_max = (hidden @ self.backbone.lm_head.weight.T).max(dim=1).values
             scores = self.head(hidden)
             triggered = (scores + self.bias).max(dim=1).values > vocab_max
-            contexts = [RerankContext(scores[j], text=it.question, layers=rows[j][0], n=rows[j][1]) for j, it in enumerate(chunk)]
+            contexts = [RerankContext(scores[j], text=it.question, layers=rows[j][0], n=rows[j][1],
+                                      trigger_at=float(vocab_max[j]) - self.bias) for j, it in enumerate(chunk)]
             cands = [top_candidates(c.scores, k) for c in contexts]
             for j, (c, ranked) in enumerate(zip(cands, self.reranker.rank_batch(contexts, cands))):
                 selected = next(r for r in ranked if not r.is_reject)

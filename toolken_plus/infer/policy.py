@@ -143,15 +143,18 @@ class DecisionPolicy:
         return None
 
     # ------------------------------------------------------------ stage 2
-    def rerank(self, rows: list[Row], tool_scores: list[torch.Tensor], kv: list[tuple]) -> list[Tool | None]:
+    def rerank(self, rows: list[Row], tool_scores: list[torch.Tensor], kv: list[tuple],
+               vocab_max: list[float] | None = None) -> list[Tool | None]:
         """Stage 2 for rows whose toolken won, all at once: one batched
         doc-block pass (llm, extending each row's KV `kv[i]` = (layers, n,
-        prefix)) or embedding lookup. Returns the tool to call, None = Reject."""
+        prefix)) or embedding lookup; `vocab_max[i]` is the largest vocabulary
+        logit of row i (what its toolken beat). Returns the tool to call, None = Reject."""
         contexts, candidates = [], []
-        for row, scores, (layers, n, prefix) in zip(rows, tool_scores, kv):
+        vocab_max = vocab_max or [None] * len(rows)
+        for row, scores, (layers, n, prefix), vmax in zip(rows, tool_scores, kv, vocab_max):
             stage1 = scores - self.bias
             contexts.append(RerankContext(stage1, text=row.prompt_question + "\n" + row.generation(), layers=layers, n=n,
-                                          prefix=prefix))
+                                          prefix=prefix, trigger_at=None if vmax is None else float(vmax) - self.bias))
             candidates.append(top_candidates(stage1, self.reranker.k))
         out = []
         for row, cands, ranked in zip(rows, candidates, self.reranker.rank_batch(contexts, candidates)):

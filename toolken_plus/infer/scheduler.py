@@ -230,12 +230,13 @@ class Scheduler:
             tokens[slot] = policy.reason_token(rows[slot], vocab)
             return []
 
-        def rerank(triggered: list, tool_scores) -> list[Tool | None]:
+        def rerank(triggered: list, vocab, tool_scores) -> list[Tool | None]:
             if not triggered:
                 return []
             kv = [(*batch.get_row(slot), batch.prefixes[slot]) if policy.reranker.needs_kv else (None, 0, None)
                   for _, slot in triggered]
-            return policy.rerank([rows[slot] for _, slot in triggered], [tool_scores[j] for j, _ in triggered], kv)
+            return policy.rerank([rows[slot] for _, slot in triggered], [tool_scores[j] for j, _ in triggered], kv,
+                                 [float(vocab[j].max()) for j, _ in triggered])
 
         def tool_token(slot: int) -> list[Switch]:
             done = policy.after_tool_token(rows[slot], int(tokens[slot]))
@@ -261,7 +262,7 @@ class Scheduler:
                 for j, slot in enumerate(live):
                     scores = None if tool_scores is None else tool_scores[j]
                     switches += guarded(slot, lambda: decide(slot, vocab[j], scores, triggered, j))
-                for (j, slot), tool in zip(triggered, rerank(triggered, tool_scores)):
+                for (j, slot), tool in zip(triggered, rerank(triggered, vocab, tool_scores)):
                     if tool is not None:
                         switches.append(Switch(slot, SwitchKind.ENTER, tool=tool))
                         continue

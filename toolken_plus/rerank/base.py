@@ -51,6 +51,10 @@ class RerankContext:
     n: int = 0  # its length
     pending: list[int] = field(default_factory=list)  # tokens of the current text not yet in that row
     prefix: object = None  # a kv.Prefix the row (layers, n) follows, shared with other rows
+    # The stage-1 score a toolken had to beat to be called here: the largest
+    # vocabulary logit minus the bias (None where there is no vocabulary in
+    # the choice, e.g. a plan step). Stage 1's margin for tool i is scores[i] − trigger_at.
+    trigger_at: float | None = None
 
 
 def top_candidates(scores: torch.Tensor, k: int, force: int | None = None, force_slot: int = 0) -> list[int]:
@@ -63,6 +67,19 @@ def top_candidates(scores: torch.Tensor, k: int, force: int | None = None, force
         top = top[:-1]
         top.insert(force_slot % (len(top) + 1), force)
     return top
+
+
+def stage1_margins(scores: torch.Tensor, trigger_at: float | None) -> torch.Tensor:
+    """Stage 1's view of a decision on the reranker's scale, one entry per
+    tool and one for Reject (last, 0): each tool's margin over calling
+    nothing, `scores − trigger_at`. The reranker runs where stage 1 called a
+    tool, so the best tool's margin is at least 0 (a mined gold position
+    stage 1 missed, or no vocabulary to beat, counts as a tie that the tool
+    wins). Mixed with the reranker's scores (LLMReranker.mix), a mix of 0
+    decides exactly as stage 1 does: its top-1, never Reject."""
+    best = float(scores.max())
+    ref = best if trigger_at is None else min(float(trigger_at), best)
+    return torch.cat([scores.float() - ref, scores.new_zeros(1, dtype=torch.float)])
 
 
 def candidate_mask(cands: list[int], n_tools: int) -> torch.Tensor:

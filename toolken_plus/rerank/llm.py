@@ -7,6 +7,15 @@ Reject.
 Fitting (`LLMRerank.fit`): the doc-block pass is run once for every mined
 training position (the gold tool forced among the candidates), g is cached,
 and W_r is trained by masked cross-entropy over candidates ∪ {Reject}.
+
+The final score mixes the reranker with stage 1 (`mix`): for a candidate,
+mix · W_r g + (1 − mix) · stage 1's margin over calling nothing; for Reject,
+mix · (W_r g)_Reject (stage 1's margin for it is 0). mix = 1 is the reranker
+alone (Toolken+ as published), mix = 0 is exactly stage 1's decision. The
+mix is chosen on validation positions from a grid: the best decision
+accuracy (gold tools and Rejects) among the mixes whose tool accuracy is not
+below stage 1's, so on validation Toolken+ never selects worse than stage 1
+and Reject is an addition to it.
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ from toolken_plus.rerank.base import (
     doc_block,
     masked_scores,
     ranking,
+    stage1_margins,
     top_candidates,
 )
 from toolken_plus.rerank.mining import MinedSet, decision_metrics, stage1_baseline
@@ -44,7 +54,7 @@ class LLMReranker(RankOne):
     needs_kv = True
 
     def __init__(self, backbone, rerank_weight: torch.Tensor, tool_names: list[str],
-                 tool_docs: dict[str, str], k: int = 3, max_doc_chars: int = 200):
+                 tool_docs: dict[str, str], k: int = 3, max_doc_chars: int = 200, mix: float = 1.0):
         if rerank_weight.shape[0] != len(tool_names) + 1:
             raise ValueError(f"W_r has {rerank_weight.shape[0]} rows; expected {len(tool_names)} tools + Reject")
         self.backbone = backbone
@@ -53,6 +63,7 @@ class LLMReranker(RankOne):
         self.tool_docs = tool_docs
         self.k = k
         self.max_doc_chars = max_doc_chars
+        self.mix = mix  # weight of W_r g against stage 1's margins (module docstring)
         self._block_ids: dict[tuple, list[int]] = {}
 
     @property
@@ -73,8 +84,9 @@ class LLMReranker(RankOne):
         out = prefill_rows(self.backbone, jobs, keep_rows=False)
         return torch.stack([h for _, _, h in out])
 
-    def rankings(self, g: torch.Tensor, candidates: list[list[int]]) -> list[list[Ranked]]:
-        logits = g.float() @ self.weight.float().T
+    def rankings(self, g: torch.Tensor, candidates: list[list[int]], contexts: list[RerankContext]) -> list[list[Ranked]]:
+        stage1 = torch.stack([stage1_margins(c.scores, c.trigger_at) for c in contexts]) if self.mix < 1 else None
+        logits = mixed_logits(g, self.weight, stage1, self.mix)
         out = []
         for row, cands in zip(logits, candidates):
             s = masked_scores(row, candidate_mask(cands, self.n_tools))
@@ -84,7 +96,18 @@ class LLMReranker(RankOne):
     def rank_batch(self, contexts: list[RerankContext], candidates: list[list[int]]) -> list[list[Ranked]]:
         if not contexts:
             return []
-        return self.rankings(self.states(contexts, candidates), candidates)
+        return self.rankings(self.states(contexts, candidates), candidates, contexts)
+
+
+def mixed_logits(g: torch.Tensor, weight: torch.Tensor, stage1: torch.Tensor | None, mix: float) -> torch.Tensor:
+    """mix · W_r g + (1 − mix) · stage-1 margins, one row per state (tools + Reject)."""
+    logits = g.float() @ weight.float().T
+    if mix >= 1 or stage1 is None:
+        return logits
+    return mix * logits + (1 - mix) * stage1.float()
+
+
+MIX_GRID = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
 
 def init_rerank_weight(toolken_weight: torch.Tensor) -> torch.Tensor:
@@ -100,6 +123,7 @@ class RerankSet:
     masks: torch.Tensor  # (N, n_tools + 1) candidates + Reject
     labels: torch.Tensor  # (N,) tool index or n_tools (Reject)
     seconds: float = 0.0
+    stage1: torch.Tensor | None = None  # (N, n_tools + 1) stage-1 margins (rerank/base.py stage1_margins)
 
 
 def build_rerank_set(reranker: LLMReranker, mined: MinedSet, *, force_gold: bool = True, seed: int = 0,
@@ -109,7 +133,7 @@ def build_rerank_set(reranker: LLMReranker, mined: MinedSet, *, force_gold: bool
     from the top-k is then simply a miss)."""
     n = reranker.n_tools
     t0 = time.perf_counter()
-    gs, masks = [], []
+    gs, masks, stage1 = [], [], []
     order = mined.rows.tolist()
     slots = torch.randint(0, 1 << 16, (len(order),), generator=torch.Generator().manual_seed(seed)).tolist()
     for s in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress, unit="batch"):
@@ -119,10 +143,12 @@ def build_rerank_set(reranker: LLMReranker, mined: MinedSet, *, force_gold: bool
                  for c, lb, slot in zip(contexts, mined.labels[s : s + batch_size].tolist(), slots[s : s + batch_size])]
         gs.append(reranker.states(contexts, cands).float())
         masks += [candidate_mask(c, n) for c in cands]
+        stage1.append(mined.stage1_margins(chunk))
     d = reranker.weight.shape[1]
     return RerankSet(torch.cat(gs) if gs else torch.zeros(0, d),
                      torch.stack(masks) if masks else torch.zeros(0, n + 1, dtype=torch.bool),
-                     mined.labels.clone(), time.perf_counter() - t0)
+                     mined.labels.clone(), time.perf_counter() - t0,
+                     torch.cat(stage1) if stage1 else torch.zeros(0, n + 1))
 
 
 def rerank_loss(weight: torch.Tensor, g: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -158,12 +184,37 @@ def train_rerank_weight(init: torch.Tensor, data: RerankSet, *, epochs: int = 20
     return w.detach(), losses
 
 
-def rerank_metrics(weight: torch.Tensor, data: RerankSet, n_tools: int, prefix: str = "val_rerank/") -> dict[str, float]:
-    """On mined positions: how often the reranker's argmax is the label."""
+def rerank_predictions(weight: torch.Tensor, data: RerankSet, mix: float = 1.0) -> torch.Tensor:
+    """The decision (tool index or n_tools = Reject) at each position."""
+    return mixed_logits(data.g, weight, data.stage1, mix).masked_fill(~data.masks, float("-inf")).argmax(1)
+
+
+def rerank_metrics(weight: torch.Tensor, data: RerankSet, n_tools: int, prefix: str = "val_rerank/",
+                   mix: float = 1.0) -> dict[str, float]:
+    """On mined positions: how often the (mixed) reranker's decision is the label."""
     if len(data.labels) == 0:
         return {}
-    pred = (data.g @ weight.T).masked_fill(~data.masks, float("-inf")).argmax(1)
-    return decision_metrics(pred, data.labels, n_tools, prefix)
+    return decision_metrics(rerank_predictions(weight, data, mix), data.labels, n_tools, prefix)
+
+
+def calibrate_mix(weight: torch.Tensor, data: RerankSet, n_tools: int, grid=MIX_GRID) -> float:
+    """The mix with the best decision accuracy on `data` (validation) among
+    those whose accuracy on gold-tool positions is at least stage 1's (mix 0);
+    ties go to the smaller mix (closer to stage 1)."""
+    if len(data.labels) == 0:
+        return 1.0
+    gold = data.labels < n_tools
+    def scores(mix):
+        pred = rerank_predictions(weight, data, mix)
+        tool_acc = float((pred[gold] == data.labels[gold]).float().mean()) if gold.any() else 0.0
+        return float((pred == data.labels).float().mean()), tool_acc
+    floor = scores(0.0)[1]
+    best, best_acc = 0.0, -1.0
+    for mix in sorted(grid):
+        acc, tool_acc = scores(mix)
+        if tool_acc >= floor - 1e-12 and acc > best_acc + 1e-12:
+            best, best_acc = mix, acc
+    return best
 
 
 @dataclass
@@ -176,11 +227,19 @@ class LLMRerank:
     # fitting W_r
     max_train: Optional[int] = 3000  # mined positions (seeded subsample); None = all
     keep_all_rejects: bool = False  # True: the subsample keeps every false-positive (Reject) position
+    # Which stage 1 scores the mined training positions (train/rerank_fit.py):
+    # crossfit = heads trained on the other folds, so false positives look like
+    # test-time ones; train = the final head on its own training data
+    mining: str = "crossfit"
+    folds: int = 5  # K of crossfit
     max_val: Optional[int] = 500  # mined validation positions for the stage-2 metrics
     epochs: int = 20
     lr: float = 1e-3
     batch_size: int = 32
     state_batch: int = 16  # doc-block passes per forward
+    # Weight of W_r g against stage 1 (module docstring): None = chosen on
+    # validation at training time and stored; 1 = the reranker alone; 0 = stage 1
+    mix: Optional[float] = None
 
     needs_kv: ClassVar[bool] = True  # fitting extends the mined positions' KV rows
     trains: ClassVar[bool] = True  # has a stage 2 to fit at training time
@@ -188,7 +247,10 @@ class LLMRerank:
     def build(self, backbone, head, tool_docs: dict[str, str]) -> LLMReranker:
         if head.rerank_weight is None:
             raise ValueError("reranker=llm needs a checkpoint trained with reranker=llm (no rerank.weight in it)")
-        return LLMReranker(backbone, head.rerank_weight.detach(), head.tool_names, tool_docs, self.k, self.max_doc_chars)
+        saved = head.rerank_config if head.rerank_config.get("name") == self.name else {}
+        mix = self.mix if self.mix is not None else saved.get("mix", 1.0)  # checkpoints before the mix: the reranker alone
+        return LLMReranker(backbone, head.rerank_weight.detach(), head.tool_names, tool_docs, self.k, self.max_doc_chars,
+                           float(mix))
 
     def fit(self, backbone, head, tool_docs: dict[str, str], train: MinedSet, val: MinedSet | None, *,
             seed: int = 0, progress: bool = True, frozen_tools: int = 0) -> dict:
@@ -217,11 +279,17 @@ class LLMRerank:
         out["rerank/train_loss"] = losses[-1] if losses else None
         out.update(rerank_metrics(weight, data, n, prefix="train_rerank/"))
         head.rerank_weight = torch.nn.Parameter(weight, requires_grad=False)
-        head.rerank_config = {"name": self.name, "k": self.k, "max_doc_chars": self.max_doc_chars}
+        # Adding tools keeps the checkpoint's mix (recalibrating would change the old tools' decisions).
+        mix = self.mix if self.mix is not None else head.rerank_config.get("mix", 1.0) if frozen_tools else 1.0
         if val is not None:
             val = val.subsample(self.max_val, seed)
             vdata = build_rerank_set(reranker, val, force_gold=False, batch_size=self.state_batch, progress=progress,
                                      desc="rerank states (val)")
-            out.update(rerank_metrics(weight, vdata, n))
+            if self.mix is None and not frozen_tools:
+                mix = calibrate_mix(weight, vdata, n)
+            out.update(rerank_metrics(weight, vdata, n, mix=mix))
+            out.update(rerank_metrics(weight, vdata, n, prefix="val_rerank_alone/"))  # mix 1: the ablation
             out.update(stage1_baseline(val))
+        out["rerank/mix"] = mix
+        head.rerank_config = {"name": self.name, "k": self.k, "max_doc_chars": self.max_doc_chars, "mix": mix}
         return out

@@ -18,7 +18,7 @@ import torch
 
 from toolken_plus.data.encoding import IGNORE, Encoded
 from toolken_plus.kv import crop_row, prefill_rows, prefix_row
-from toolken_plus.rerank.base import RerankContext
+from toolken_plus.rerank.base import RerankContext, stage1_margins
 
 
 def mine(scores: torch.Tensor, max_logit: torch.Tensor, tool_label: torch.Tensor, bias: float,
@@ -109,10 +109,17 @@ class MinedSet:
     scores: torch.Tensor
     contexts: PositionContexts
     n_tools: int
+    # per cache row, the stage-1 score a toolken had to beat (max vocabulary logit − bias); see RerankContext
+    trigger_at: torch.Tensor | None = None
 
     def subsample(self, limit: int | None, seed: int, keep_rejects: bool = False) -> "MinedSet":
         rows, labels = subsample(self.rows, self.labels, limit, seed, keep_label=self.n_tools if keep_rejects else None)
-        return MinedSet(rows, labels, self.scores, self.contexts, self.n_tools)
+        return MinedSet(rows, labels, self.scores, self.contexts, self.n_tools, self.trigger_at)
+
+    def stage1_margins(self, rows: list[int]) -> torch.Tensor:
+        """stage1_margins (rerank/base.py) of these cache rows, stacked."""
+        at = self.trigger_at
+        return torch.stack([stage1_margins(self.scores[r], None if at is None else float(at[r])) for r in rows])
 
     @property
     def n_rejects(self) -> int:

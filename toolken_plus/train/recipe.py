@@ -146,7 +146,8 @@ class TrainToolkensRecipe:
                            train_enc=self.train_enc, train_feats=self.trainer.data, val_enc=self.val_enc,
                            val_feats=CachedFeatures(self.val_cache) if self.val_cache is not None else None,
                            seed=self.cfg.seed, progress=self.cfg.trainer.progress,
-                           frozen_tools=self.addition.n_old if self.addition else 0)
+                           frozen_tools=self.addition.n_old if self.addition else 0,
+                           trainer_cfg=self.cfg.trainer, grid=tuple(self.cfg.calibration.grid))
         out["time/reranker_s"] = round(time.perf_counter() - t0, 2)
         log.info("reranker %s: %s", spec.name, {k: v for k, v in out.items() if "rerank" in k})
         return out

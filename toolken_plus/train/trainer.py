@@ -33,17 +33,21 @@ log = logging.getLogger(__name__)
 class CachedFeatures:
     """A FeatureCache loaded into RAM as tensors, with per-example ranges."""
 
-    def __init__(self, cache: FeatureCache):
-        t = cache.tensors()
+    def __init__(self, cache: FeatureCache | None = None, *, tensors: dict[str, torch.Tensor] | None = None,
+                 example_index: np.ndarray | None = None):
+        """From a FeatureCache, or (tests, benchmarks) from its `tensors` and
+        `example_index` given directly."""
+        t = cache.tensors() if cache is not None else tensors
         self.h = t["h"]
         self.logsumexp = t["logsumexp"]
         self.gold_logit = t["gold_logit"]
         self.max_logit = t["max_logit"]
         self.tool_label = t["tool_label"].long()
-        ex = cache.example_index
+        ex = cache.example_index if cache is not None else np.asarray(example_index)
+        n_examples = cache.n_examples if cache is not None else (int(ex.max()) + 1 if len(ex) else 0)
         # Positions of one example are contiguous in the cache.
-        self.starts = np.searchsorted(ex, np.arange(cache.n_examples), side="left")
-        self.ends = np.searchsorted(ex, np.arange(cache.n_examples), side="right")
+        self.starts = np.searchsorted(ex, np.arange(n_examples), side="left")
+        self.ends = np.searchsorted(ex, np.arange(n_examples), side="right")
 
     @property
     def n_examples(self) -> int:
@@ -76,15 +80,18 @@ class ToolkenTrainer:
     as they are (adding tools to a trained head trains only the new rows;
     they still compete with the old ones in the loss's softmax)."""
 
-    def __init__(self, head: ToolkenHead, train: FeatureCache, cfg: TrainerConfig, run_dir: str | Path | None = None,
-                 logger=None, *, seed: int = 0, frozen_rows: int = 0, resume: bool = True,
-                 run_identity: dict | None = None):
+    def __init__(self, head: ToolkenHead, train: FeatureCache | CachedFeatures, cfg: TrainerConfig,
+                 run_dir: str | Path | None = None, logger=None, *, seed: int = 0, frozen_rows: int = 0,
+                 resume: bool = True, run_identity: dict | None = None, examples=None):
         self.head = head
         self.cfg = cfg
         self.seed = seed
         self.frozen_rows = frozen_rows
-        self.data = CachedFeatures(train)
-        self.cache_key = train.meta.get("key")
+        # Features already in RAM are shared, not loaded again (cross-fitting trains K heads on one cache).
+        self.data = train if isinstance(train, CachedFeatures) else CachedFeatures(train)
+        self.cache_key = train.meta.get("key") if isinstance(train, FeatureCache) else None
+        # The examples trained on (a fold's complement when cross-fitting); None = all.
+        self.examples = np.arange(self.data.n_examples) if examples is None else np.asarray(examples, dtype=np.int64)
         self.run_dir = Path(run_dir) if run_dir else None
         self.logger = logger
         self.resume = resume
@@ -170,7 +177,7 @@ class ToolkenTrainer:
     # ------------------------------------------------------------ training
     def train_epoch(self) -> float:
         rng = np.random.default_rng(self.seed + self.epoch)
-        order = rng.permutation(self.data.n_examples)
+        order = rng.permutation(self.examples)
         bs = max(1, self.cfg.batch_size)
         total, steps = 0.0, 0
         d = self.data
