@@ -7,6 +7,7 @@ import pytest
 from toolken_plus.adapter.config import ToolEntry, ToolkenConfig
 from toolken_plus.cli import commands
 from toolken_plus.cli.report import collect, main, render
+from toolken_plus.tasks.gsm8k_xl import Gsm8kXL
 
 
 def _run(root, name, **metrics):
@@ -58,6 +59,7 @@ def test_a_table_per_benchmark_and_a_cost_table(tmp_path):
     assert gsm[3].startswith("| ToolkenGPT | 10 | 0.400 | 9 | 1 | 2 | 30.0 | `")
     assert gsm[3].endswith("gsm/old` |") and gsm[4].startswith("| in-context (ICL) | 10 | 0.250 | 4 | 0 | 1 | 12.5 |")
     assert "different numbers" not in md.split("## GSM8K-XL test")[1].split("##")[0]
+    assert Gsm8kXL.eval_conditions in md.split("## GSM8K-XL test")[1].split("##")[0]  # what every row shares
 
     vh = _table(md, "## VirtualHome test")
     assert vh[0].startswith("| method | plans | executability | success | LCS |")

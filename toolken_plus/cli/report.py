@@ -161,6 +161,8 @@ def _benchmark_section(task: str, eval_set: str, runs: list[Run], out_dir: Path)
     sizes = sorted({r["n"] for r in rows if r.get("n") is not None})
     if len(sizes) > 1:
         lines += ["", f"Not comparable: these runs answered different numbers of questions (n = {', '.join(map(str, sizes))})."]
+    if cls is not None and cls.eval_conditions:
+        lines += ["", cls.eval_conditions]
     png = _metric_png(runs, metric, f"{title}: {metric}", out_dir / f"{_slug(title)}.png") if metric else None
     if png:
         lines += ["", f"![{title}: {metric}]({png.name})"]

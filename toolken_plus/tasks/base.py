@@ -77,6 +77,8 @@ class Task:
     main_metric: ClassVar[str] = ""  # what infer.py returns to Hydra sweepers
     # cli/compare.py's columns for this task's runs: (metrics key, title, format); () = its defaults
     compare_columns: ClassVar[tuple] = ()
+    # What every method shares when evaluated on this task (toolken-plus report states it under each table)
+    eval_conditions: ClassVar[str] = ""
 
     # ------------------------------------------------------------ training
     def load(self, data) -> TaskData:

@@ -75,6 +75,12 @@ class Gsm8kXL(TextTask):
     icl_prompt_file: str = "gsm8k-xl/template/llama_func.txt"  # method=icl: demos that write their calls as text
 
     main_metric: ClassVar[str] = "accuracy"
+    eval_conditions: ClassVar[str] = (
+        "Every method answers the same test questions with greedy decoding in the agent loop, at most "
+        "agent.max_new_tokens (200) reasoning tokens and agent.max_calls (10) calls per question, the same answer parsing and the same "
+        "calculator tools and argument parser. Prompts: toolkens and no-tools use ToolkenGPT's reasoning demos "
+        "(llama_general.txt); icl the tools' docs and its in-context demos (llama_func.txt); lora the instruction line "
+        "and the question only, as it was trained.")
     eval_sets: ClassVar[tuple[str, ...]] = ("test",)
 
     # ------------------------------------------------------------ training

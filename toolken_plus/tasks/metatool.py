@@ -220,6 +220,11 @@ class MetaTool(ChoiceTask):
     split_seed: int = 0
 
     main_metric: ClassVar[str] = "top1_accuracy"
+    eval_conditions: ClassVar[str] = (
+        "Every method sees the same held-out queries after the same instruction and `Query: … Tool:` format. "
+        "Toolkens decide once, at the query's last token (k = 3 candidates for a reranker); icl and lora write at most "
+        "12 tokens greedily and their first word must be a tool's exact name or None. icl lists the 20 tool docs "
+        "nearest the query (MiniLM), cut to 200 characters, and 4 demos from the training split.")
     # python -m toolken_plus.cli.compare / toolken-plus report: (metrics key, title, format)
     compare_columns: ClassVar[tuple] = (("n", "queries", "{}"), ("top1_accuracy", "top-1", "{:.3f}"),
                                         ("end_to_end_accuracy", "end-to-end", "{:.3f}"),

@@ -214,6 +214,11 @@ class VirtualHome(PlanTask):
 
     eval_sets: ClassVar[tuple[str, ...]] = ("test", "val")
     main_metric: ClassVar[str] = "success_rate"
+    eval_conditions: ClassVar[str] = (
+        "Every method writes a plan for the same test programs, from the same task header (title, description, "
+        "the scene's objects); a plan stops at [END] or after 30 steps (text methods: at most 308 greedy tokens). "
+        "Each plan runs in the same simulator from the program's initial graph; a model's plan names classes only, "
+        "instances are resolved the same way for every method.")
     # python -m toolken_plus.cli.compare: (metrics key, title, format)
     compare_columns: ClassVar[tuple] = (("n", "plans", "{}"), ("executability", "executability", "{:.3f}"),
                                         ("success_rate", "success", "{:.3f}"), ("lcs", "LCS", "{:.3f}"),
