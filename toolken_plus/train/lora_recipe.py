@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import logging
 import time
 from pathlib import Path
@@ -24,16 +23,16 @@ from toolken_plus.backbone import DEFAULT_BACKBONE, Backbone, backbone_spec, bui
 from toolken_plus.config import as_config, cache_dir, data_root, to_plain
 from toolken_plus.config.schema import TrainConfig
 from toolken_plus.config.validation import validate_config
-from toolken_plus.rundir import RunDirLock, atomic_write
+from toolken_plus.rundir import RunDirLock
 from toolken_plus.tasks import Task
 from toolken_plus.train.loggers import build_logger
 from toolken_plus.train.lora import LoraTrainer
-from toolken_plus.train.recipe import seed_everything
+from toolken_plus.train.recipe import Recipe, seed_everything
 
 log = logging.getLogger(__name__)
 
 
-class TrainLoraRecipe:
+class TrainLoraRecipe(Recipe):
     def __init__(self, cfg: TrainConfig, run_dir: str | Path, backbone: Backbone | None = None):
         self.cfg = as_config(cfg, TrainConfig)
         self.run_dir = Path(run_dir)
@@ -86,21 +85,8 @@ class TrainLoraRecipe:
             task=self.task.config(),
             provenance={"data_hash": digest[:16], "train_examples": len(self.train_text), "epochs": self.trainer.epoch},
         ).save(self.run_dir)
-        atomic_write(self.run_dir / "metrics.json", lambda p: Path(p).write_text(json.dumps(self.metrics, indent=2)))
-        self.logger.finish()
+        self.write_metrics()
         return self.run_dir
-
-    def close(self) -> None:
-        self.lock.release()
-
-    def run(self) -> dict:
-        try:
-            self.setup()
-            metrics = self.train()
-            self.save()
-        finally:
-            self.close()
-        return metrics
 
     def summary(self) -> str:
         m = self.metrics

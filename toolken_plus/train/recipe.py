@@ -44,7 +44,28 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-class TrainToolkensRecipe:
+class Recipe:
+    """The life of a training run: setup() → train() → save(), under the run
+    dir's lock (self.lock), which run() releases whatever happens."""
+
+    def close(self) -> None:
+        self.lock.release()
+
+    def run(self) -> dict:
+        try:
+            self.setup()
+            metrics = self.train()
+            self.save()
+        finally:
+            self.close()
+        return metrics
+
+    def write_metrics(self) -> None:
+        atomic_write(self.run_dir / "metrics.json", lambda p: Path(p).write_text(json.dumps(self.metrics, indent=2)))
+        self.logger.finish()
+
+
+class TrainToolkensRecipe(Recipe):
     def __init__(self, cfg: TrainConfig, run_dir: str | Path, backbone: Backbone | None = None):
         self.cfg = as_config(cfg, TrainConfig)
         self.run_dir = Path(run_dir)
@@ -181,21 +202,8 @@ class TrainToolkensRecipe:
             tool_docs = self.addition.new_docs  # the old tools keep the doc hashes they were trained with
         self.head.save_pretrained(self.run_dir, backbone=self.backbone, model_spec=backbone_spec(self.model_spec),
                                   tool_docs=tool_docs, task=self.task.config(), provenance=provenance)
-        atomic_write(self.run_dir / "metrics.json", lambda p: Path(p).write_text(json.dumps(self.metrics, indent=2)))
-        self.logger.finish()
+        self.write_metrics()
         return self.run_dir
-
-    def close(self) -> None:
-        self.lock.release()
-
-    def run(self) -> dict:
-        try:
-            self.setup()
-            metrics = self.train()
-            self.save()
-        finally:
-            self.close()
-        return metrics
 
     def summary(self) -> str:
         return summary(self)
