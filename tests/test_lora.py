@@ -165,3 +165,27 @@ def test_cost_metrics(smol_tokenizer, tmp_path):
     assert math.isfinite(metrics["train/loss"]) and math.isfinite(metrics["val/loss"])
     assert logged[0][0] == 1 and "train/loss" in logged[0][1]
     assert logged[-1] == (1, metrics)
+
+
+def test_batched_loss_equals_the_sum_of_single_example_losses(smol_tokenizer, tmp_path):
+    """Left padding, position ids and logits for the last columns only change
+    nothing: a batch's summed loss is its examples' losses one at a time, as a
+    full forward computes them."""
+    import torch.nn.functional as F
+
+    backbone = fresh(smol_tokenizer)
+    trainer = LoraTrainer(backbone, METHOD, trainer_cfg(1), tmp_path)
+    trainer.model.eval()
+    examples = [TRAIN[0], TextExample("long", "Question: a much longer question about " + "apples, " * 12 + "then what?",
+                                      " <add>(1, 2)=3."), VAL[0]]
+    enc = [encode_text_example(smol_tokenizer, ex, 64) for ex in examples]
+    with torch.no_grad():
+        batched, n = trainer._loss(enc)
+        single = [trainer._loss([e]) for e in enc]
+        full = []
+        for e in enc:  # the plain way: every logit, no padding
+            logits = trainer.model(input_ids=torch.tensor([e.input_ids])).logits[0, :-1]
+            full.append(F.cross_entropy(logits, torch.tensor(e.labels[1:]), ignore_index=IGNORE, reduction="sum"))
+    assert n == sum(k for _, k in single) == sum(sum(lab != IGNORE for lab in e.labels[1:]) for e in enc)
+    assert torch.allclose(batched, sum(s for s, _ in single), atol=1e-4)
+    assert torch.allclose(batched, sum(full), atol=1e-4)

@@ -77,12 +77,19 @@ def encode_text_example(tokenizer, example: TextExample, max_length: int) -> Enc
 
 
 def collate(batch: list[EncodedText], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded input_ids, attention_mask and labels (IGNORE on padding)."""
+    """Left-padded input_ids, attention_mask, position_ids (each row counts
+    from 0 at its first real token, as generation does) and labels (IGNORE
+    on padding). Left padding lines the completions up at the end, so the
+    loss needs the vocabulary logits of the last columns only (`keep`)."""
     width = max(len(e.input_ids) for e in batch)
     pad = [width - len(e.input_ids) for e in batch]
-    return {"input_ids": torch.tensor([e.input_ids + [pad_id] * n for e, n in zip(batch, pad)]),
-            "attention_mask": torch.tensor([[1] * len(e.input_ids) + [0] * n for e, n in zip(batch, pad)]),
-            "labels": torch.tensor([e.labels + [IGNORE] * n for e, n in zip(batch, pad)])}
+    labelled = [next((j for j, lab in enumerate(e.labels) if lab != IGNORE), len(e.labels)) for e in batch]
+    return {"input_ids": torch.tensor([[pad_id] * n + e.input_ids for e, n in zip(batch, pad)]),
+            "attention_mask": torch.tensor([[0] * n + [1] * len(e.input_ids) for e, n in zip(batch, pad)]),
+            "position_ids": torch.tensor([[0] * n + list(range(len(e.input_ids))) for e, n in zip(batch, pad)]),
+            "labels": torch.tensor([[IGNORE] * n + e.labels for e, n in zip(batch, pad)]),
+            # columns whose logits the loss reads: from the one predicting each row's first label
+            "keep": max(min(width, len(e.input_ids) - first + 1) for e, first in zip(batch, labelled))}
 
 
 class LoraTrainer:
@@ -196,8 +203,11 @@ class LoraTrainer:
         (summed, so epochs and batches average over tokens, not batches)."""
         t = collate(batch, self.backbone.tokenizer.pad_token_id)
         device = self.params[0][1].device
-        logits = self.model(input_ids=t["input_ids"].to(device), attention_mask=t["attention_mask"].to(device)).logits
-        targets = t["labels"][:, 1:].to(device)
+        # Only the last `keep` columns' vocabulary logits: a 49k-wide row per
+        # prompt token would dominate memory (batch × length × vocabulary).
+        logits = self.model(input_ids=t["input_ids"].to(device), attention_mask=t["attention_mask"].to(device),
+                            position_ids=t["position_ids"].to(device), logits_to_keep=t["keep"]).logits
+        targets = t["labels"][:, -t["keep"] + 1:].to(device) if t["keep"] > 1 else t["labels"][:, :0].to(device)
         loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE, reduction="sum")
         return loss, int((targets != IGNORE).sum())
 
