@@ -189,3 +189,21 @@ def test_batched_loss_equals_the_sum_of_single_example_losses(smol_tokenizer, tm
     assert n == sum(k for _, k in single) == sum(sum(lab != IGNORE for lab in e.labels[1:]) for e in enc)
     assert torch.allclose(batched, sum(s for s, _ in single), atol=1e-4)
     assert torch.allclose(batched, sum(full), atol=1e-4)
+
+
+def test_micro_batches_bound_the_padded_tokens_and_give_the_same_update(smol_tokenizer, tmp_path):
+    from toolken_plus.train.lora import micro_batches
+
+    enc = [encode_text_example(smol_tokenizer, ex, 64) for ex in TRAIN]
+    pieces = micro_batches(enc, 40)
+    assert [e for p in pieces for e in p] == enc and len(pieces) > 1
+    assert all(len(p) == 1 or len(p) * max(len(e.input_ids) for e in p) <= 40 for p in pieces)
+    # one step over the whole batch at once, or in micro-batches: the same LoRA weights (no dropout)
+    method = replace(METHOD, dropout=0.0)
+    weights = []
+    for max_tokens in (10_000, 40):
+        trainer = LoraTrainer(fresh(smol_tokenizer), replace(method, max_tokens_per_micro_batch=max_tokens),
+                              TrainerConfig(epochs=1, batch_size=len(TRAIN), progress=False), tmp_path / str(max_tokens))
+        trainer.fit(TRAIN)
+        weights.append(lora_weights(trainer))
+    assert all(torch.allclose(weights[0][k], weights[1][k], atol=1e-6) for k in weights[0])

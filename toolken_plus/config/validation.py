@@ -112,6 +112,7 @@ RULES: dict[str, tuple[Callable, str]] = {
     "method.dropout": number(0, 1),
     "method.lr": number(0, lo_open=True),
     "method.max_length": integer(2),
+    "method.max_tokens_per_micro_batch": integer(1),
     "method.retrieve": integer(0),
     "method.max_doc_chars": integer(1),
     "reranker.k": integer(1),

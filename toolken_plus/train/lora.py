@@ -92,6 +92,25 @@ def collate(batch: list[EncodedText], pad_id: int) -> dict[str, torch.Tensor]:
             "keep": max(min(width, len(e.input_ids) - first + 1) for e, first in zip(batch, labelled))}
 
 
+def count_targets(e: EncodedText) -> int:
+    """Tokens the loss predicts in an example (labelled, after the first position)."""
+    return sum(lab != IGNORE for lab in e.labels[1:])
+
+
+def micro_batches(batch: list[EncodedText], max_tokens: int) -> list[list[EncodedText]]:
+    """Consecutive pieces of `batch` whose padded size (rows × longest row)
+    is at most max_tokens (a longer example alone is its own piece)."""
+    out, cur, width = [], [], 0
+    for e in batch:
+        w = max(width, len(e.input_ids))
+        if cur and w * (len(cur) + 1) > max_tokens:
+            out.append(cur)
+            cur, w = [], len(e.input_ids)
+        cur.append(e)
+        width = w
+    return out + [cur] if cur else out
+
+
 class LoraTrainer:
     """Fine-tunes `backbone.model` with a LoRA adapter.
 
@@ -176,13 +195,16 @@ class LoraTrainer:
             bar = tqdm(range(0, len(order), bs), desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}",
                        disable=not self.cfg.progress, leave=False, unit="step")
             for s in bar:
-                loss_sum, n = self._loss([data[i] for i in order[s : s + bs]])
+                batch = [data[i] for i in order[s : s + bs]]
+                n = sum(count_targets(e) for e in batch)
                 if n == 0:  # only possible with a tiny max_length: nothing left to predict
                     continue
                 self.optimizer.zero_grad(set_to_none=True)
-                (loss_sum / n).backward()
+                for micro in micro_batches(batch, self.method.max_tokens_per_micro_batch):
+                    loss_sum, _ = self._loss(micro)
+                    (loss_sum / n).backward()  # the batch's mean token loss, accumulated
+                    total += loss_sum.item()
                 self.optimizer.step()
-                total += loss_sum.item()
                 tokens += n
         return total / max(tokens, 1)
 
@@ -190,10 +212,9 @@ class LoraTrainer:
     def evaluate(self, data: list[EncodedText]) -> float:
         """Mean token loss on the completions (dropout off)."""
         self.model.eval()
-        bs = max(1, self.cfg.batch_size)
         total, tokens = 0.0, 0
-        for s in range(0, len(data), bs):
-            loss_sum, n = self._loss(data[s : s + bs])
+        for micro in micro_batches(data, self.method.max_tokens_per_micro_batch):
+            loss_sum, n = self._loss(micro)
             total += loss_sum.item()
             tokens += n
         return total / max(tokens, 1)
