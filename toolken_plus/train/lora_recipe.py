@@ -19,11 +19,9 @@ import time
 from pathlib import Path
 
 from toolken_plus.adapter.text_run import TextRunRecord
-from toolken_plus.backbone import DEFAULT_BACKBONE, Backbone, backbone_spec, build_backbone
-from toolken_plus.config import as_config, cache_dir, data_root, to_plain
-from toolken_plus.config.schema import TrainConfig
+from toolken_plus.backbone import DEFAULT_BACKBONE, backbone_spec, build_backbone
+from toolken_plus.config import cache_dir, data_root, to_plain
 from toolken_plus.config.validation import validate_config
-from toolken_plus.rundir import RunDirLock
 from toolken_plus.tasks import Task
 from toolken_plus.train.loggers import build_logger
 from toolken_plus.train.lora import LoraTrainer
@@ -33,12 +31,6 @@ log = logging.getLogger(__name__)
 
 
 class TrainLoraRecipe(Recipe):
-    def __init__(self, cfg: TrainConfig, run_dir: str | Path, backbone: Backbone | None = None):
-        self.cfg = as_config(cfg, TrainConfig)
-        self.run_dir = Path(run_dir)
-        self.backbone = backbone
-        self.lock = RunDirLock(self.run_dir)
-
     def setup(self) -> None:
         cfg = validate_config(self.cfg)
         if not isinstance(cfg.task, Task):

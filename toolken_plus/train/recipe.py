@@ -48,6 +48,12 @@ class Recipe:
     """The life of a training run: setup() → train() → save(), under the run
     dir's lock (self.lock), which run() releases whatever happens."""
 
+    def __init__(self, cfg: TrainConfig, run_dir: str | Path, backbone: Backbone | None = None):
+        self.cfg = as_config(cfg, TrainConfig)
+        self.run_dir = Path(run_dir)
+        self.backbone = backbone  # None: built from cfg.model in setup()
+        self.lock = RunDirLock(self.run_dir)
+
     def close(self) -> None:
         self.lock.release()
 
@@ -66,12 +72,6 @@ class Recipe:
 
 
 class TrainToolkensRecipe(Recipe):
-    def __init__(self, cfg: TrainConfig, run_dir: str | Path, backbone: Backbone | None = None):
-        self.cfg = as_config(cfg, TrainConfig)
-        self.run_dir = Path(run_dir)
-        self.backbone = backbone
-        self.lock = RunDirLock(self.run_dir)
-
     # ---------------------------------------------------------------- setup
     def setup(self) -> None:
         cfg = validate_config(self.cfg)
