@@ -85,12 +85,12 @@ class DocRetriever:
         self.embedder = embedder or SentenceEmbedder()
         self.doc_emb = self.embedder.encode([f"{n}: {d}" for n, d in docs.items()])
 
-    def __call__(self, query: str) -> dict[str, str]:
+    def __call__(self, queries: list[str]) -> list[dict[str, str]]:
+        """The listed docs of each query; all queries are embedded in one call."""
         if self.m <= 0 or self.m >= len(self.names):
-            return dict(self.docs)
-        sims = self.doc_emb @ self.embedder.encode([query])[0]
-        top = torch.topk(sims, self.m).indices.tolist()
-        return {self.names[i]: self.docs[self.names[i]] for i in top}
+            return [dict(self.docs) for _ in queries]
+        sims = self.embedder.encode(list(queries)) @ self.doc_emb.T
+        return [{self.names[i]: self.docs[self.names[i]] for i in row} for row in torch.topk(sims, self.m, dim=1).indices.tolist()]
 
 
 class ChoiceTextPredictor:
@@ -104,7 +104,7 @@ class ChoiceTextPredictor:
                                        progress=progress, desc="choices")
 
     def predict(self, items: list[EvalItem], on_result=None) -> list[dict]:
-        listed = [self._listed(it.question) for it in items]
+        listed = self._listed([it.question for it in items])
         prompts = [self.task.text_prompt(it.question, self.method.name, docs, self.demos) for it, docs in zip(items, listed)]
         results: list[dict | None] = [None] * len(items)
 
@@ -120,10 +120,10 @@ class ChoiceTextPredictor:
         self.generator.generate(prompts, on_batch=done)
         return results
 
-    def _listed(self, query: str) -> dict[str, str] | None:
+    def _listed(self, queries: list[str]) -> list[dict[str, str] | None]:
         if self.method.name != "icl":
-            return None
-        return self.retriever(query) if self.retriever is not None else self.docs
+            return [None] * len(queries)
+        return self.retriever(queries) if self.retriever is not None else [self.docs] * len(queries)
 
 
 class PlanTextPredictor:

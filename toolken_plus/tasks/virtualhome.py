@@ -356,11 +356,6 @@ class VirtualHome(PlanTask):
             plan.append([m.group(1), _PLAN_OBJECT.findall(m.group(2))])
         return {"plan": plan, "finish": finish, "text": text}
 
-    @staticmethod
-    def text_complete(text: str) -> bool:
-        """Stop generating: the plan ended, or a blank line (the model moved on)."""
-        return f"[{END}]" in text or "\n\n" in text
-
     def text_examples(self, examples: list[PlanExample], root: Path) -> list[TextExample]:
         return [TextExample(ex.id, self.text_prompt(ex.header, root, "lora"), plan_text(ex.steps)) for ex in examples]
 
