@@ -1,6 +1,7 @@
 """Toolken+ stage 2 that learns from realistic false positives and never
-selects worse than stage 1: cross-fitted mining (train/rerank_fit.py) and
-the mix of the reranker's score with stage 1's (rerank/llm.py)."""
+selects worse than stage 1: cross-fitted mining (train/rerank_fit.py), the
+mix of the reranker's score with stage 1's and the Reject shift calibrated
+for the call decision (rerank/llm.py)."""
 
 import numpy as np
 import pytest
@@ -10,8 +11,18 @@ from toolken_plus.adapter import ToolkenHead
 from toolken_plus.config.schema import TrainerConfig
 from toolken_plus.kv.rows import prefix_row
 from toolken_plus.rerank.base import RerankContext, stage1_margins, top_candidates
-from toolken_plus.rerank.llm import LLMReranker, RerankSet, calibrate_mix, rerank_predictions
-from toolken_plus.rerank.mining import mine
+from toolken_plus.rerank.llm import (
+    LLMRerank,
+    LLMReranker,
+    RerankSet,
+    calibrate_mix,
+    calibrate_reject_bias,
+    call_counts,
+    reject_margins,
+    rerank_metrics,
+    rerank_predictions,
+)
+from toolken_plus.rerank.mining import MinedSet, mine
 from toolken_plus.train import rerank_fit
 from toolken_plus.train.rerank_fit import crossfit_scores, fold_of_examples
 from toolken_plus.train.trainer import CachedFeatures, ToolkenTrainer
@@ -143,3 +154,69 @@ def test_calibrated_mix_never_selects_worse_than_stage1():
     weight, data = _rerank_set(n_tools, torch.ones(8, dtype=torch.bool), torch.tensor([1, 1, 1, 1, 1, 0, 0, 0]), labels)
     mix = calibrate_mix(weight, data, n_tools)
     assert mix > 0 and (rerank_predictions(weight, data, mix) == labels).all()
+
+
+def _reject_set(margins: list[float], labels: list[int], triggered: list[bool], n_tools: int = 2) -> tuple:
+    """A RerankSet whose (mix 1) best-candidate-minus-Reject margin is `margins`."""
+    n = len(labels)
+    weight = torch.zeros(n_tools + 1, n)
+    for i, (m, lab) in enumerate(zip(margins, labels)):
+        weight[lab if lab < n_tools else 0, i] = m  # the best candidate's score; Reject's is 0
+    data = RerankSet(torch.eye(n), torch.ones(n, n_tools + 1, dtype=torch.bool), torch.tensor(labels),
+                     triggered=torch.tensor(triggered))
+    return weight, data
+
+
+def test_reject_shift_cuts_false_positive_calls_within_the_recall_budget():
+    # gold positions (label 0/1) with large margins; false positives (2 = Reject) mostly with small ones
+    margins = [3.0, 2.5, 2.0, 1.5, 0.8, 0.5, 0.4, 0.1, 1.0]
+    labels = [0, 1, 0, 1, 0, 2, 2, 2, 2]
+    weight, data = _reject_set(margins, labels, [True] * 9)
+    w = torch.tensor([1.0] * 5 + [3.0] * 4)  # each false positive stands for three (MinedSet.row_weights)
+    m = reject_margins(weight, data, 1.0)
+    assert torch.allclose(m, torch.tensor(margins))
+    assert call_counts(m, data, 2, w, 0.0) == (5.0, 12.0, 5.0)  # no shift: every triggered position calls
+    shift = calibrate_reject_bias(weight, data, 2, 1.0, w, max_recall_drop=0.0)
+    # recall kept exactly: only the false positive above the weakest gold call still calls
+    assert call_counts(m, data, 2, w, shift) == (5.0, 3.0, 5.0)
+    # allowing one gold call in five to be lost, the calibration trades it for the last false positive
+    shift = calibrate_reject_bias(weight, data, 2, 1.0, w, max_recall_drop=0.2)
+    assert call_counts(m, data, 2, w, shift) == (4.0, 0.0, 5.0)
+    # the decisions follow the shift: Reject where the margin is below it
+    pred = rerank_predictions(weight, data, 1.0, reject_bias=shift)
+    assert ((pred == 2) == (m < shift)).all()
+
+
+def test_reject_shift_counts_only_positions_where_stage1_calls():
+    # a gold position stage 1 never triggered is a lost call whatever stage 2 says
+    weight, data = _reject_set([2.0, 2.0, 0.5], [0, 1, 2], [True, False, True])
+    w = torch.ones(3)
+    shift = calibrate_reject_bias(weight, data, 2, 1.0, w, max_recall_drop=0.0)
+    assert call_counts(reject_margins(weight, data, 1.0), data, 2, w, shift) == (1.0, 0.0, 2.0)
+    metrics = rerank_metrics(weight, data, 2, "v/", reject_bias=shift, weights=w)
+    assert metrics["v/call_recall"] == 0.5 and metrics["v/false_positive_calls"] == 0.0
+
+
+def test_row_weights_restore_subsampled_counts_and_the_call_prior():
+    labels = torch.tensor([0, 1, 0, 2, 2])  # 3 gold rows kept of 30 mined; 2 Reject rows of 2
+    mined = MinedSet(torch.arange(5), labels, torch.zeros(5, 2), None, 2, n_no_call=100, mined_golds=30, mined_rejects=2)
+    w = mined.row_weights()
+    assert w[:3].tolist() == [10.0, 10.0, 10.0] and w[3:].tolist() == [1.0, 1.0]
+    # call_prior 0.5: the 100 no-call positions weigh as much as the 30 gold ones, so each false positive 0.3
+    w = mined.row_weights(call_prior=0.5)
+    assert w[3:].tolist() == pytest.approx([0.3, 0.3])
+
+
+def test_reject_shift_is_stored_and_old_checkpoints_keep_none():
+    assert LLMRerank().reject_bias is None  # calibrated at training time by default
+
+    class Head:
+        rerank_weight = torch.zeros(3, 4)
+        tool_names = ["a", "b"]
+        rerank_config = {"name": "llm", "mix": 0.5, "reject_bias": 1.25}
+
+    reranker = LLMRerank().build(None, Head(), {})
+    assert (reranker.mix, reranker.reject_bias) == (0.5, 1.25)
+    Head.rerank_config = {"name": "llm"}  # a checkpoint from before the mix and the shift
+    assert (LLMRerank().build(None, Head(), {}).mix, LLMRerank().build(None, Head(), {}).reject_bias) == (1.0, 0.0)
+    assert LLMRerank(reject_bias=-2.0).build(None, Head(), {}).reject_bias == -2.0  # an override wins

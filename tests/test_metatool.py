@@ -162,6 +162,11 @@ def test_train_and_infer_metatool_end_to_end(tiny_backbone, data_root, tmp_path,
         assert {"rerank/train_mined_rejects@train", "rerank/train_mined_rejects@crossfit"} <= set(metrics)
         assert metrics["rerank/train_mined_golds@crossfit"] == metrics["rerank/train_mined_golds@train"]
         assert 0.0 <= metrics["rerank/mix"] <= 1.0 and metrics["val_rerank/tool_accuracy"] >= metrics["val_stage1/tool_accuracy"]
+        # the Reject shift: calibrated for call F1 with MetaTool's call prior, recall within budget of stage 1's
+        assert metrics["rerank/val_call_prior"] == 0.5 and "rerank/reject_bias@mix0" in metrics
+        assert metrics["val_rerank/call_recall"] >= metrics["val_stage1/call_recall"] - 0.02 - 1e-9
+        assert metrics["val_rerank/false_positive_calls"] <= metrics["val_stage1/false_positive_calls"] + 1e-9
+        assert json.loads((run / "toolken_config.json").read_text())["reranker"]["reject_bias"] == metrics["rerank/reject_bias"]
     saved = json.loads((run / "toolken_config.json").read_text())
     n_tools = len(TASK.docs(data_root))  # 199 in MetaTool
     assert saved["reranker"]["name"] == reranker and len(saved["tools"]) == n_tools

@@ -130,6 +130,8 @@ RULES: dict[str, tuple[Callable, str]] = {
     "reranker.mining": one_of("train", "crossfit"),
     "reranker.folds": integer(2),
     "reranker.mix": number(0, 1, optional=True),
+    "reranker.reject_bias": number(optional=True),
+    "reranker.max_recall_drop": number(0, 1),
     "task.n_val": integer(0),
     "task.split_seed": integer(),
     "task.val_frac": number(0, 0.5),

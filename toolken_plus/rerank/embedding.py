@@ -109,7 +109,8 @@ class EmbeddingRerank:
                                  self.context_chars)
 
     def fit(self, backbone, head, tool_docs: dict[str, str], train: MinedSet, val: MinedSet | None, *,
-            seed: int = 0, progress: bool = True, frozen_tools: int = 0, embedder=None) -> dict:
+            seed: int = 0, progress: bool = True, frozen_tools: int = 0, embedder=None,
+            call_prior: float | None = None) -> dict:  # call_prior: not used (its threshold is calibrated as before)
         if frozen_tools:
             # No per-tool parameters to train; recalibrating the threshold
             # would change the decisions on the old tools, so it is kept.

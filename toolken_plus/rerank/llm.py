@@ -16,6 +16,16 @@ mix is chosen on validation positions from a grid: the best decision
 accuracy (gold tools and Rejects) among the mixes whose tool accuracy is not
 below stage 1's, so on validation Toolken+ never selects worse than stage 1
 and Reject is an addition to it.
+
+The call decision is then calibrated on its own (`reject_bias`, added to
+Reject's final score): the shift with the best call F1 on validation (a call
+where a tool is due is a hit, a call where none is, a false positive) among
+those that keep call recall within `max_recall_drop` of stage 1's. The
+task may state the share of tool-needing decisions its evaluation has
+(`Task.call_prior`, MetaTool's awareness test: one half), and the no-call
+positions are weighted to it. mix 0 with a calibrated shift is stage 1
+with a stricter trigger: the ablation that tells the reranker's part in
+Reject from the threshold's (reported as `val_threshold_only/`).
 """
 
 from __future__ import annotations
@@ -41,7 +51,7 @@ from toolken_plus.rerank.base import (
     stage1_margins,
     top_candidates,
 )
-from toolken_plus.rerank.mining import MinedSet, decision_metrics, stage1_baseline
+from toolken_plus.rerank.mining import MinedSet, decision_metrics
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +64,8 @@ class LLMReranker(RankOne):
     needs_kv = True
 
     def __init__(self, backbone, rerank_weight: torch.Tensor, tool_names: list[str],
-                 tool_docs: dict[str, str], k: int = 3, max_doc_chars: int = 200, mix: float = 1.0):
+                 tool_docs: dict[str, str], k: int = 3, max_doc_chars: int = 200, mix: float = 1.0,
+                 reject_bias: float = 0.0):
         if rerank_weight.shape[0] != len(tool_names) + 1:
             raise ValueError(f"W_r has {rerank_weight.shape[0]} rows; expected {len(tool_names)} tools + Reject")
         self.backbone = backbone
@@ -64,6 +75,7 @@ class LLMReranker(RankOne):
         self.k = k
         self.max_doc_chars = max_doc_chars
         self.mix = mix  # weight of W_r g against stage 1's margins (module docstring)
+        self.reject_bias = reject_bias  # added to Reject's final score (module docstring)
         self._block_ids: dict[tuple, list[int]] = {}
 
     @property
@@ -86,7 +98,7 @@ class LLMReranker(RankOne):
 
     def rankings(self, g: torch.Tensor, candidates: list[list[int]], contexts: list[RerankContext]) -> list[list[Ranked]]:
         stage1 = torch.stack([stage1_margins(c.scores, c.trigger_at) for c in contexts]) if self.mix < 1 else None
-        logits = mixed_logits(g, self.weight, stage1, self.mix)
+        logits = mixed_logits(g, self.weight, stage1, self.mix, self.reject_bias)
         out = []
         for row, cands in zip(logits, candidates):
             s = masked_scores(row, candidate_mask(cands, self.n_tools))
@@ -99,12 +111,17 @@ class LLMReranker(RankOne):
         return self.rankings(self.states(contexts, candidates), candidates, contexts)
 
 
-def mixed_logits(g: torch.Tensor, weight: torch.Tensor, stage1: torch.Tensor | None, mix: float) -> torch.Tensor:
-    """mix · W_r g + (1 − mix) · stage-1 margins, one row per state (tools + Reject)."""
+def mixed_logits(g: torch.Tensor, weight: torch.Tensor, stage1: torch.Tensor | None, mix: float,
+                 reject_bias: float = 0.0) -> torch.Tensor:
+    """mix · W_r g + (1 − mix) · stage-1 margins, one row per state (tools +
+    Reject), with `reject_bias` added to Reject (the last column)."""
     logits = g.float() @ weight.float().T
-    if mix >= 1 or stage1 is None:
-        return logits
-    return mix * logits + (1 - mix) * stage1.float()
+    if mix < 1 and stage1 is not None:
+        logits = mix * logits + (1 - mix) * stage1.float()
+    if reject_bias:
+        logits = logits.clone()
+        logits[:, -1] += reject_bias
+    return logits
 
 
 MIX_GRID = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
@@ -124,6 +141,7 @@ class RerankSet:
     labels: torch.Tensor  # (N,) tool index or n_tools (Reject)
     seconds: float = 0.0
     stage1: torch.Tensor | None = None  # (N, n_tools + 1) stage-1 margins (rerank/base.py stage1_margins)
+    triggered: torch.Tensor | None = None  # (N,) stage 1 calls a tool here (MinedSet.triggered)
 
 
 def build_rerank_set(reranker: LLMReranker, mined: MinedSet, *, force_gold: bool = True, seed: int = 0,
@@ -133,7 +151,7 @@ def build_rerank_set(reranker: LLMReranker, mined: MinedSet, *, force_gold: bool
     from the top-k is then simply a miss)."""
     n = reranker.n_tools
     t0 = time.perf_counter()
-    gs, masks, stage1 = [], [], []
+    gs, masks, stage1, triggered = [], [], [], []
     order = mined.rows.tolist()
     slots = torch.randint(0, 1 << 16, (len(order),), generator=torch.Generator().manual_seed(seed)).tolist()
     for s in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress, unit="batch"):
@@ -144,11 +162,13 @@ def build_rerank_set(reranker: LLMReranker, mined: MinedSet, *, force_gold: bool
         gs.append(reranker.states(contexts, cands).float())
         masks += [candidate_mask(c, n) for c in cands]
         stage1.append(mined.stage1_margins(chunk))
+        triggered.append(mined.triggered(chunk))
     d = reranker.weight.shape[1]
     return RerankSet(torch.cat(gs) if gs else torch.zeros(0, d),
                      torch.stack(masks) if masks else torch.zeros(0, n + 1, dtype=torch.bool),
                      mined.labels.clone(), time.perf_counter() - t0,
-                     torch.cat(stage1) if stage1 else torch.zeros(0, n + 1))
+                     torch.cat(stage1) if stage1 else torch.zeros(0, n + 1),
+                     torch.cat(triggered) if triggered else torch.zeros(0, dtype=torch.bool))
 
 
 def rerank_loss(weight: torch.Tensor, g: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -184,17 +204,74 @@ def train_rerank_weight(init: torch.Tensor, data: RerankSet, *, epochs: int = 20
     return w.detach(), losses
 
 
-def rerank_predictions(weight: torch.Tensor, data: RerankSet, mix: float = 1.0) -> torch.Tensor:
-    """The decision (tool index or n_tools = Reject) at each position."""
-    return mixed_logits(data.g, weight, data.stage1, mix).masked_fill(~data.masks, float("-inf")).argmax(1)
+def rerank_predictions(weight: torch.Tensor, data: RerankSet, mix: float = 1.0, reject_bias: float = 0.0) -> torch.Tensor:
+    """The decision (tool index or n_tools = Reject) at each position (ties:
+    the tool, as in `ranking`: argmax takes the first, and Reject is last)."""
+    return mixed_logits(data.g, weight, data.stage1, mix, reject_bias).masked_fill(~data.masks, float("-inf")).argmax(1)
+
+
+def reject_margins(weight: torch.Tensor, data: RerankSet, mix: float) -> torch.Tensor:
+    """Per position: the best candidate's final score minus Reject's (a tool
+    is called iff this is ≥ the Reject shift; ties go to the tool, as in
+    `ranking`)."""
+    s = mixed_logits(data.g, weight, data.stage1, mix).masked_fill(~data.masks, float("-inf"))
+    return s[:, :-1].max(1).values - s[:, -1]
+
+
+def call_counts(margin: torch.Tensor, data: RerankSet, n_tools: int, weights: torch.Tensor,
+                shift: float) -> tuple[float, float, float]:
+    """(weighted) calls where a tool is due, calls where none is, and positions
+    where a tool is due: with the Reject shift `shift`, a position calls iff
+    stage 1 triggers there and the reranker does not Reject."""
+    called = data.triggered & (margin >= shift)
+    due = data.labels < n_tools
+    return float(weights[called & due].sum()), float(weights[called & ~due].sum()), float(weights[due].sum())
+
+
+def call_metrics(margin: torch.Tensor, data: RerankSet, n_tools: int, weights: torch.Tensor, shift: float,
+                 prefix: str) -> dict[str, float]:
+    hits, false_pos, due = call_counts(margin, data, n_tools, weights, shift)
+    recall = hits / due if due else 0.0
+    precision = hits / (hits + false_pos) if hits + false_pos else 0.0
+    f1 = 2 * hits / (hits + false_pos + due) if due else 0.0
+    return {f"{prefix}call_recall": recall, f"{prefix}call_precision": precision, f"{prefix}call_f1": f1,
+            f"{prefix}false_positive_calls": false_pos}
+
+
+def calibrate_reject_bias(weight: torch.Tensor, data: RerankSet, n_tools: int, mix: float, weights: torch.Tensor,
+                          max_recall_drop: float = 0.02) -> float:
+    """The Reject shift with the best (weighted) call F1 on `data` among those
+    whose call recall is within `max_recall_drop` of stage 1's (which never
+    rejects); ties go to the shift closest to 0."""
+    if len(data.labels) == 0 or data.triggered is None or not bool((data.labels < n_tools).any()):
+        return 0.0
+    margin = reject_margins(weight, data, mix)
+    due = data.labels < n_tools
+    floor = float(weights[due & data.triggered].sum()) / float(weights[due].sum()) - max_recall_drop
+    # Every distinct decision is reached by a shift at some position's margin; also try no shift.
+    shifts = sorted({0.0, *margin[data.triggered & torch.isfinite(margin)].tolist()})
+    best, best_f1 = 0.0, -1.0
+    for shift in shifts:
+        hits, false_pos, n_due = call_counts(margin, data, n_tools, weights, shift)
+        if hits / n_due < floor - 1e-12:
+            continue
+        f1 = 2 * hits / (hits + false_pos + n_due)
+        if f1 > best_f1 + 1e-12 or (abs(f1 - best_f1) <= 1e-12 and abs(shift) < abs(best)):
+            best, best_f1 = shift, f1
+    return best
 
 
 def rerank_metrics(weight: torch.Tensor, data: RerankSet, n_tools: int, prefix: str = "val_rerank/",
-                   mix: float = 1.0) -> dict[str, float]:
-    """On mined positions: how often the (mixed) reranker's decision is the label."""
+                   mix: float = 1.0, reject_bias: float = 0.0, weights: torch.Tensor | None = None) -> dict[str, float]:
+    """On mined positions: how often the (mixed) reranker's decision is the
+    label; with `weights` (MinedSet.row_weights), also its calls (recall,
+    precision, F1, false positives) where stage 1 triggers."""
     if len(data.labels) == 0:
         return {}
-    return decision_metrics(rerank_predictions(weight, data, mix), data.labels, n_tools, prefix)
+    out = decision_metrics(rerank_predictions(weight, data, mix, reject_bias), data.labels, n_tools, prefix)
+    if weights is not None and data.triggered is not None:
+        out.update(call_metrics(reject_margins(weight, data, mix), data, n_tools, weights, reject_bias, prefix))
+    return out
 
 
 def calibrate_mix(weight: torch.Tensor, data: RerankSet, n_tools: int, grid=MIX_GRID) -> float:
@@ -240,6 +317,10 @@ class LLMRerank:
     # Weight of W_r g against stage 1 (module docstring): None = chosen on
     # validation at training time and stored; 1 = the reranker alone; 0 = stage 1
     mix: Optional[float] = None
+    # Added to Reject's final score (module docstring): None = calibrated on
+    # validation for call F1 and stored; 0 = no shift
+    reject_bias: Optional[float] = None
+    max_recall_drop: float = 0.02  # the calibration keeps call recall within this of stage 1's
 
     needs_kv: ClassVar[bool] = True  # fitting extends the mined positions' KV rows
     trains: ClassVar[bool] = True  # has a stage 2 to fit at training time
@@ -249,12 +330,15 @@ class LLMRerank:
             raise ValueError("reranker=llm needs a checkpoint trained with reranker=llm (no rerank.weight in it)")
         saved = head.rerank_config if head.rerank_config.get("name") == self.name else {}
         mix = self.mix if self.mix is not None else saved.get("mix", 1.0)  # checkpoints before the mix: the reranker alone
+        shift = self.reject_bias if self.reject_bias is not None else saved.get("reject_bias", 0.0)
         return LLMReranker(backbone, head.rerank_weight.detach(), head.tool_names, tool_docs, self.k, self.max_doc_chars,
-                           float(mix))
+                           float(mix), float(shift))
 
     def fit(self, backbone, head, tool_docs: dict[str, str], train: MinedSet, val: MinedSet | None, *,
-            seed: int = 0, progress: bool = True, frozen_tools: int = 0) -> dict:
-        """Train W_r on `train` and store it in the head. `frozen_tools` > 0
+            seed: int = 0, progress: bool = True, frozen_tools: int = 0, call_prior: float | None = None) -> dict:
+        """Train W_r on `train` and store it in the head; choose the mix and
+        the Reject shift on `val` (`call_prior`: Task.call_prior, how the
+        calibration weighs no-call positions). `frozen_tools` > 0
         (adding tools to a checkpoint): W_r starts from the head's grown
         matrix and only the new tools' rows train; the first `frozen_tools`
         rows and Reject stay exactly as they were."""
@@ -279,17 +363,30 @@ class LLMRerank:
         out["rerank/train_loss"] = losses[-1] if losses else None
         out.update(rerank_metrics(weight, data, n, prefix="train_rerank/"))
         head.rerank_weight = torch.nn.Parameter(weight, requires_grad=False)
-        # Adding tools keeps the checkpoint's mix (recalibrating would change the old tools' decisions).
-        mix = self.mix if self.mix is not None else head.rerank_config.get("mix", 1.0) if frozen_tools else 1.0
+        # Adding tools keeps the checkpoint's mix and shift (recalibrating would change the old tools' decisions).
+        saved = head.rerank_config if frozen_tools else {}
+        mix = self.mix if self.mix is not None else saved.get("mix", 1.0)
+        shift = self.reject_bias if self.reject_bias is not None else saved.get("reject_bias", 0.0)
         if val is not None:
-            val = val.subsample(self.max_val, seed)
+            # Every validation false positive is kept: they are few, and the Reject shift is calibrated on them.
+            val = val.subsample(self.max_val, seed, keep_rejects=True)
             vdata = build_rerank_set(reranker, val, force_gold=False, batch_size=self.state_batch, progress=progress,
                                      desc="rerank states (val)")
+            w = val.row_weights(call_prior)
             if self.mix is None and not frozen_tools:
                 mix = calibrate_mix(weight, vdata, n)
-            out.update(rerank_metrics(weight, vdata, n, mix=mix))
-            out.update(rerank_metrics(weight, vdata, n, prefix="val_rerank_alone/"))  # mix 1: the ablation
-            out.update(stage1_baseline(val))
+            if self.reject_bias is None and not frozen_tools:
+                shift = calibrate_reject_bias(weight, vdata, n, mix, w, self.max_recall_drop)
+                # the ablation: stage 1 alone (mix 0) with its own calibrated shift, i.e. a stricter trigger
+                shift0 = calibrate_reject_bias(weight, vdata, n, 0.0, w, self.max_recall_drop)
+                out.update(rerank_metrics(weight, vdata, n, "val_threshold_only/", mix=0.0, reject_bias=shift0, weights=w))
+                out["rerank/reject_bias@mix0"] = shift0
+            out.update(rerank_metrics(weight, vdata, n, mix=mix, reject_bias=shift, weights=w))
+            out.update(rerank_metrics(weight, vdata, n, prefix="val_rerank_alone/"))  # mix 1, no shift: as published
+            out.update(rerank_metrics(weight, vdata, n, prefix="val_stage1/", mix=0.0, weights=w))
+            out["rerank/val_call_prior"] = call_prior
         out["rerank/mix"] = mix
-        head.rerank_config = {"name": self.name, "k": self.k, "max_doc_chars": self.max_doc_chars, "mix": mix}
+        out["rerank/reject_bias"] = shift
+        head.rerank_config = {"name": self.name, "k": self.k, "max_doc_chars": self.max_doc_chars, "mix": mix,
+                              "reject_bias": shift}
         return out

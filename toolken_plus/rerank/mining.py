@@ -111,10 +111,44 @@ class MinedSet:
     n_tools: int
     # per cache row, the stage-1 score a toolken had to beat (max vocabulary logit − bias); see RerankContext
     trigger_at: torch.Tensor | None = None
+    # Positions where no tool is due (triggered or not), and the gold / Reject
+    # rows mined before any subsampling: what calibrating the call decision
+    # weighs the kept rows by (LLMRerank.fit).
+    n_no_call: int = 0
+    mined_golds: int | None = None
+    mined_rejects: int | None = None
+
+    def __post_init__(self):
+        if self.mined_golds is None:
+            self.mined_golds, self.mined_rejects = self.n_golds, self.n_rejects
 
     def subsample(self, limit: int | None, seed: int, keep_rejects: bool = False) -> "MinedSet":
         rows, labels = subsample(self.rows, self.labels, limit, seed, keep_label=self.n_tools if keep_rejects else None)
-        return MinedSet(rows, labels, self.scores, self.contexts, self.n_tools, self.trigger_at)
+        return MinedSet(rows, labels, self.scores, self.contexts, self.n_tools, self.trigger_at, self.n_no_call,
+                        self.mined_golds, self.mined_rejects)
+
+    def triggered(self, rows: list[int]) -> torch.Tensor:
+        """Whether stage 1 calls a tool at these cache rows (the reranker runs
+        only there; elsewhere nothing is called whatever stage 2 would say)."""
+        if self.trigger_at is None:
+            return torch.ones(len(rows), dtype=torch.bool)
+        return self.scores[rows].max(dim=1).values > self.trigger_at[rows]
+
+    def row_weights(self, call_prior: float | None = None) -> torch.Tensor:
+        """Per kept row, how many positions it stands for in call counts:
+        subsampled gold rows count for the gold rows left out, and with
+        `call_prior` p the no-call side is reweighted so that positions
+        needing a tool make up p of the total (e.g. 0.5 for an awareness test
+        with as many no-tool queries as tool queries)."""
+        gold = self.labels < self.n_tools
+        w = torch.ones(len(self.labels))
+        if self.n_golds:
+            w[gold] = self.mined_golds / self.n_golds
+        if self.n_rejects:
+            w[~gold] = self.mined_rejects / self.n_rejects
+        if call_prior is not None and self.n_no_call and self.mined_golds:
+            w[~gold] *= self.mined_golds * (1 - call_prior) / (call_prior * self.n_no_call)
+        return w
 
     def stage1_margins(self, rows: list[int]) -> torch.Tensor:
         """stage1_margins (rerank/base.py) of these cache rows, stacked."""

@@ -79,6 +79,10 @@ class Task:
     compare_columns: ClassVar[tuple] = ()
     # What every method shares when evaluated on this task (toolken-plus report states it under each table)
     eval_conditions: ClassVar[str] = ""
+    # The share of decisions that need a tool in the evaluation the call/no-call
+    # decision is tuned for; stage 2 weighs validation no-call positions to it
+    # when calibrating Reject (rerank/llm.py). None: as validation has them.
+    call_prior: ClassVar[float | None] = None
 
     # ------------------------------------------------------------ training
     def load(self, data) -> TaskData:

@@ -220,6 +220,9 @@ class MetaTool(ChoiceTask):
     split_seed: int = 0
 
     main_metric: ClassVar[str] = "top1_accuracy"
+    # The awareness test (Task1's held-out half) has as many queries that need
+    # no tool as queries that need one; validation has 130 of the first among ~2,100.
+    call_prior: ClassVar[float | None] = 0.5
     eval_conditions: ClassVar[str] = (
         "Every method sees the same held-out queries after the same instruction and `Query: … Tool:` format. "
         "Toolkens decide once, at the query's last token (k = 3 candidates for a reranker); icl and lora write at most "

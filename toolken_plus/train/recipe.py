@@ -168,7 +168,8 @@ class TrainToolkensRecipe(Recipe):
                            val_feats=CachedFeatures(self.val_cache) if self.val_cache is not None else None,
                            seed=self.cfg.seed, progress=self.cfg.trainer.progress,
                            frozen_tools=self.addition.n_old if self.addition else 0,
-                           trainer_cfg=self.cfg.trainer, grid=tuple(self.cfg.calibration.grid))
+                           trainer_cfg=self.cfg.trainer, grid=tuple(self.cfg.calibration.grid),
+                           call_prior=self.task.call_prior)
         out["time/reranker_s"] = round(time.perf_counter() - t0, 2)
         log.info("reranker %s: %s", spec.name, {k: v for k, v in out.items() if "rerank" in k})
         return out

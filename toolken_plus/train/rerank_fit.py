@@ -83,7 +83,7 @@ def mined_set(backbone, head, prefix_ids: list[int], encoded: list[Encoded], fea
     bias = float(head.logit_bias)
     rows, labels = mine(scores, feats.max_logit, feats.tool_label, bias, head.n_tools)
     return MinedSet(rows, labels, scores, PositionContexts(backbone, prefix_ids, encoded, with_kv), head.n_tools,
-                    trigger_at=feats.max_logit.float() - bias)
+                    trigger_at=feats.max_logit.float() - bias, n_no_call=int((feats.tool_label < 0).sum()))
 
 
 def fit_reranker(spec, backbone, head, *, prefix: str, tool_docs: dict[str, str], train_enc: list[Encoded],
