@@ -172,3 +172,38 @@ def test_empty_prefix_row_extends_like_a_fresh_forward(tiny_backbone):
     with torch.no_grad():
         full, _ = tiny_backbone.final_hidden(torch.tensor([ids]))
     assert n == 0 and m == len(ids) and torch.allclose(h, full[0, -1], atol=1e-5)
+
+
+def test_length_sorted_rerank_batches_give_the_same_states_in_row_order(tiny_backbone):
+    """build_rerank_set batches choice positions by length; text positions keep
+    their example order. Either way row i of the set is mined row i's state."""
+    import numpy as np
+
+    from toolken_plus.data.encoding import IGNORE, VOCAB, Encoded
+    from toolken_plus.rerank.llm import build_rerank_set
+    from toolken_plus.rerank.mining import PositionContexts
+
+    tok = tiny_backbone.tokenizer
+    texts = ["Query: a", "Query: what is twelve times thirteen, please, and quickly", "Query: 3 + 4",
+             "Question: 5 apples and 7 pears; how many fruits? Answer: 5+7=12 fruits"]
+    encoded = []
+    for k, text in enumerate(texts):
+        ids = np.array(tok(text, add_special_tokens=False)["input_ids"], dtype=np.int64)
+        label = np.full(len(ids), IGNORE, dtype=np.int64)
+        if k < 3:
+            label[-1] = k % len(TOOLS)  # a choice position: the example's last token
+        else:
+            label[[3, 6, 9]] = [VOCAB, 1, VOCAB]  # positions inside a longer text
+        encoded.append(Encoded(ids, np.full(len(ids), IGNORE, dtype=np.int64), label))
+    contexts = PositionContexts(tiny_backbone, tok("Tools:", add_special_tokens=False)["input_ids"], encoded)
+    n_rows = len(contexts.row_example)
+    scores = torch.randn(n_rows, len(TOOLS), generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([0, 1, 2, len(TOOLS), 1, len(TOOLS)])
+    mined = MinedSet(torch.arange(n_rows), labels, scores, contexts, len(TOOLS))
+    rr = LLMReranker(tiny_backbone, init_rerank_weight(torch.randn(len(TOOLS), tiny_backbone.hidden_size)), TOOLS, DOCS, k=2)
+    assert [contexts.pending_tokens(r) for r in range(n_rows)][3:] == [0, 0, 0]
+    sorted_set = build_rerank_set(rr, mined, batch_size=2, progress=False)
+    plain = build_rerank_set(rr, mined, batch_size=2, progress=False, sort_by_length=False)
+    one_by_one = build_rerank_set(rr, mined, batch_size=1, progress=False, sort_by_length=False)
+    assert torch.allclose(sorted_set.g, one_by_one.g, atol=1e-4) and torch.allclose(plain.g, one_by_one.g, atol=1e-4)
+    assert torch.equal(sorted_set.masks, one_by_one.masks) and torch.equal(sorted_set.labels, labels)

@@ -145,30 +145,43 @@ class RerankSet:
 
 
 def build_rerank_set(reranker: LLMReranker, mined: MinedSet, *, force_gold: bool = True, seed: int = 0,
-                     batch_size: int = 16, progress: bool = True, desc: str = "rerank states") -> RerankSet:
+                     batch_size: int = 16, progress: bool = True, desc: str = "rerank states",
+                     sort_by_length: bool = True) -> RerankSet:
     """Run the doc-block pass for every mined row and keep g. Training forces
     the gold tool into the candidates; evaluation does not (a gold missing
-    from the top-k is then simply a miss)."""
+    from the top-k is then simply a miss).
+
+    With `sort_by_length`, rows whose new tokens are the example itself plus
+    the block (a choice task's one position per example) are batched in
+    order of that length, so a batch pads little; rows inside longer
+    examples (text tasks) keep their order, grouped by example, so each
+    example's KV is computed once. The result is in the rows' order either way."""
     n = reranker.n_tools
     t0 = time.perf_counter()
-    gs, masks, stage1, triggered = [], [], [], []
-    order = mined.rows.tolist()
-    slots = torch.randint(0, 1 << 16, (len(order),), generator=torch.Generator().manual_seed(seed)).tolist()
+    rows = mined.rows.tolist()
+    slots = torch.randint(0, 1 << 16, (len(rows),), generator=torch.Generator().manual_seed(seed)).tolist()
+    labels = mined.labels.tolist()
+    cands = [top_candidates(mined.scores[r], reranker.k, None if (lb == n or not force_gold) else lb, slot)
+             for r, lb, slot in zip(rows, labels, slots)]
+    order = list(range(len(rows)))
+    if sort_by_length:
+        def key(j):
+            pending = mined.contexts.pending_tokens(rows[j])
+            return (1, pending + len(reranker.block_ids(cands[j]))) if pending else (0, j)
+        order.sort(key=key)
+    gs = []
     for s in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress, unit="batch"):
         chunk = order[s : s + batch_size]
-        contexts = mined.contexts.contexts(chunk, mined.scores[chunk])
-        cands = [top_candidates(c.scores, reranker.k, None if (lb == n or not force_gold) else lb, slot)
-                 for c, lb, slot in zip(contexts, mined.labels[s : s + batch_size].tolist(), slots[s : s + batch_size])]
-        gs.append(reranker.states(contexts, cands).float())
-        masks += [candidate_mask(c, n) for c in cands]
-        stage1.append(mined.stage1_margins(chunk))
-        triggered.append(mined.triggered(chunk))
+        contexts = mined.contexts.contexts([rows[j] for j in chunk], mined.scores[[rows[j] for j in chunk]])
+        gs.append(reranker.states(contexts, [cands[j] for j in chunk]).float())
     d = reranker.weight.shape[1]
-    return RerankSet(torch.cat(gs) if gs else torch.zeros(0, d),
-                     torch.stack(masks) if masks else torch.zeros(0, n + 1, dtype=torch.bool),
+    g = torch.zeros(len(rows), d)
+    if gs:
+        g[torch.tensor(order)] = torch.cat(gs)
+    return RerankSet(g, torch.stack([candidate_mask(c, n) for c in cands]) if cands else torch.zeros(0, n + 1, dtype=torch.bool),
                      mined.labels.clone(), time.perf_counter() - t0,
-                     torch.cat(stage1) if stage1 else torch.zeros(0, n + 1),
-                     torch.cat(triggered) if triggered else torch.zeros(0, dtype=torch.bool))
+                     mined.stage1_margins(rows) if rows else torch.zeros(0, n + 1),
+                     mined.triggered(rows) if rows else torch.zeros(0, dtype=torch.bool))
 
 
 def rerank_loss(weight: torch.Tensor, g: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -83,6 +83,12 @@ class PositionContexts:
             self._row_cache = (i, row)
         return self._row_cache[1]
 
+    def pending_tokens(self, row: int) -> int:
+        """How many of the row's own tokens its rerank pass runs (`pending`):
+        the whole example at its last token, none elsewhere (its KV is reused)."""
+        i, t = int(self.row_example[row]), int(self.row_token[row])
+        return t + 1 if self.with_kv and t == len(self.encoded[i]) - 1 else 0
+
     def contexts(self, rows: list[int], scores: torch.Tensor) -> list[RerankContext]:
         out = []
         for r, s in zip(rows, scores):
