@@ -115,6 +115,9 @@ def test_mix_zero_decides_as_stage1_and_mix_one_as_the_reranker(tiny_backbone):
     w[-1] = g * 100  # … and Reject above all
     stage1 = LLMReranker(tiny_backbone, w, TOOLS, docs, k=3, mix=0.0).rank(q, cands)
     assert [r.tool for r in stage1] == ["subtract", None, "multiply", "add"]  # stage 1: its top-1; Reject at margin 0
+    # with a Reject shift, mix 0 is stage 1 with a stricter trigger: subtract's margin over calling nothing is 0.5
+    assert LLMReranker(tiny_backbone, w, TOOLS, docs, k=3, mix=0.0, reject_bias=1.0).rank(q, cands)[0].is_reject
+    assert LLMReranker(tiny_backbone, w, TOOLS, docs, k=3, mix=0.0, reject_bias=0.4).rank(q, cands)[0].tool == "subtract"
     alone = LLMReranker(tiny_backbone, w, TOOLS, docs, k=3, mix=1.0).rank(q, cands)
     assert alone[0].is_reject and alone[1].tool == "add"
 

@@ -108,6 +108,8 @@ class LLMReranker(RankOne):
     def rank_batch(self, contexts: list[RerankContext], candidates: list[list[int]]) -> list[list[Ranked]]:
         if not contexts:
             return []
+        if self.mix <= 0:  # stage 1's margins alone (plus the Reject shift): the doc-block pass would be multiplied by 0
+            return self.rankings(self.weight.new_zeros(len(contexts), self.weight.shape[1]), candidates, contexts)
         return self.rankings(self.states(contexts, candidates), candidates, contexts)
 
 
