@@ -125,3 +125,24 @@ def test_installed_train_help_is_hydras(site, elsewhere):
     assert "powered by Hydra" in proc.stdout and "experiment: gsm8k_xl, metatool, virtualhome" in proc.stdout
     proc = _toolken_plus(site, elsewhere, "--help")
     assert proc.returncode == 0 and all(name in proc.stdout for name in ("train", "infer", "tools", "report"))
+
+
+def test_dispatch_table_and_its_errors(capsys):
+    from toolken_plus.cli import commands
+
+    assert {"train", "infer", "tools", "report"} <= commands.COMMANDS.keys()
+    assert commands.main([]) == 2 and "usage: toolken-plus COMMAND" in capsys.readouterr().err
+    assert commands.main(["nope"]) == 2 and "unknown command 'nope'" in capsys.readouterr().err
+    seen = []
+    commands.COMMANDS["echo"] = lambda argv: seen.append(argv)  # a command is one entry: name -> callable(argv)
+    try:
+        assert commands.main(["echo", "a=1", "--help"]) == 0 and seen == [["a=1", "--help"]]
+    finally:
+        del commands.COMMANDS["echo"]
+
+
+def test_cli_imports_train_and_infer_only_when_they_run():
+    code = "import sys, toolken_plus.cli; print('torch' in sys.modules, 'toolken_plus.train' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)})
+    assert proc.stdout.split() == ["False", "False"], proc.stderr
