@@ -133,6 +133,7 @@ def test_dispatch_table_and_its_errors(capsys):
     assert {"train", "infer", "tools", "report"} <= commands.COMMANDS.keys()
     assert commands.main([]) == 2 and "usage: toolken-plus COMMAND" in capsys.readouterr().err
     assert commands.main(["nope"]) == 2 and "unknown command 'nope'" in capsys.readouterr().err
+    assert commands.main(["--version"]) == 0 and capsys.readouterr().out.startswith("toolken-plus 0.")
     seen = []
     commands.COMMANDS["echo"] = lambda argv: seen.append(argv)  # a command is one entry: name -> callable(argv)
     try:
