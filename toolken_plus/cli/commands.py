@@ -50,15 +50,22 @@ def usage() -> str:
                       "`toolken-plus COMMAND --help` shows a command's options."])
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("toolken_plus")
+    except PackageNotFoundError:  # a source checkout that was never installed
+        return "unknown"
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(usage(), file=sys.stdout if argv else sys.stderr)
         return 0 if argv else 2
     if argv[0] == "--version":
-        from toolken_plus import __version__
-
-        print(f"toolken-plus {__version__}")
+        print(f"toolken-plus {_version()}")
         return 0
     command = COMMANDS.get(argv[0])
     if command is None:
