@@ -1,39 +1,11 @@
-"""Train toolkens on a frozen backbone.
+"""Train toolkens on a frozen backbone: the same command as `toolken-plus train`
+(toolken_plus/cli/train.py says what it takes and writes).
 
-    python train.py experiment=<benchmark> [model=<backbone>] [reranker=<stage 2>]
-        [data.limit_train=N] [trainer.epochs=E] [trainer.lr=LR] [seed=S] [logger=<logger>]
-    python train.py experiment=<benchmark> method=lora [method.r=R]   # the LoRA fine-tuning baseline
-    python train.py task=<task> … checkpoint=<run dir> 'tools.add=[name]'   # add tools to a trained model
-    python train.py --help          # the groups and their options; docs/configuration.md explains them
-
-The Hydra run dir receives toolkens.safetensors, toolken_config.json and
-metrics.json (method=lora: the PEFT adapter and method_config.json);
-rerunning with the same `hydra.run.dir=…` resumes training.
+    python train.py experiment=<benchmark> [overrides…]
+    python train.py --help
 """
 
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("WANDB_MODE", "offline")
-
-import hydra  # noqa: E402
-from hydra.core.hydra_config import HydraConfig  # noqa: E402
-
-from toolken_plus.cli.configs import register_configs  # noqa: E402
-from toolken_plus.config import CONFIG_DIR  # noqa: E402
-from toolken_plus.train.select import train_recipe  # noqa: E402
-
-register_configs()
-
-
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
-def main(cfg) -> float:
-    recipe = train_recipe(cfg, HydraConfig.get().runtime.output_dir)
-    metrics = recipe.run()
-    print(recipe.summary())
-    # the value Hydra sweepers maximise: toolkens' validation F1, LoRA's negated validation loss
-    return metrics["val/f1"] if "val/f1" in metrics else -metrics.get("val/loss", 0.0)
-
+from toolken_plus.cli.train import main
 
 if __name__ == "__main__":
-    main()
+    main(prog="train.py")

@@ -122,20 +122,21 @@ def test_agent_options_reach_the_agent_config_from_the_command_line():
 
 
 # ------------------------------------------------------- 6. isolated tools
-def test_an_isolated_plugin_tool_runs_end_to_end(tiny_backbone, prompt, monkeypatch, install):  # noqa: F811
+@pytest.mark.parametrize("args_text", ['"Paris"', 'city="Paris"'])
+def test_an_isolated_plugin_tool_runs_end_to_end(tiny_backbone, prompt, monkeypatch, install, args_text):  # noqa: F811
     install(weather_distribution)
     tools = {"weather": discover_tools().get("weather")}
     with _agent(tiny_backbone, tools, prompt, batch_size=2, max_new_tokens=6) as agent:
         runner = agent.policy.runners["weather"]
         assert isinstance(runner, ProcessRunner)  # a third-party plugin: a worker process by default
-        _script_calls(agent, monkeypatch, tools["weather"], '"Paris"', _once)
+        _script_calls(agent, monkeypatch, tools["weather"], args_text, _once)
         results = agent.run_batch(QUESTIONS[:2])
         pid = runner.worker.proc.pid
     assert not Path(f"/proc/{pid}").exists()  # closed and reaped
     for res in results:
         (call,) = res.calls
-        assert (call.args, call.result, call.error) == (["Paris"], "sunny, 21 C", None)
-        assert '<weather>("Paris")=sunny, 21 C' in res.trace
+        assert (call.args, call.kwargs, call.result, call.error) == (["Paris"], None, "sunny, 21 C", None)
+        assert f'<weather>({args_text})=sunny, 21 C' in res.trace  # the trace keeps what the model wrote
 
 
 def test_process_isolation_of_a_closure_fails_when_the_agent_is_made(tiny_backbone, prompt):

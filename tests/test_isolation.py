@@ -83,6 +83,12 @@ def huge_int() -> int:
 def big(n: int) -> str:
     """A text of n characters."""
     return "7" * n
+
+
+@tool
+def scaled(x: float, *, times: int = 1) -> str:
+    """x times `times` (a keyword-only argument)."""
+    return f"{x * times:g}"
 '''
 
 
@@ -116,6 +122,16 @@ def test_plugin_tools_run_in_a_worker_process_by_default(runners):
     assert out.ok and int(out.value) != os.getpid()
     assert runners["echo"].call([2.5]).value == "2.5" and runners["add"].call([2, 3]).value == "5"
     assert runners["hog"].worker is runners["echo"].worker  # one worker per plugin
+
+
+@pytest.mark.parametrize("mode", ["thread", "process"])
+def test_keyword_arguments_reach_the_tool_in_both_modes(hostile_tools, mode):
+    made = make_runners({"scaled": hostile_tools["scaled"]}, mode, timeout=5.0, max_chars=300, memory_mb=256)
+    try:
+        assert made["scaled"].call([2.5], {"times": 3}).value == "7.5"
+        assert made["scaled"].call([2.5]).value == "2.5"
+    finally:
+        made["scaled"].close()
 
 
 def test_gil_holding_call_is_killed_at_the_limit(runners):

@@ -8,7 +8,7 @@ import pytest
 
 from toolken_plus import Tool, ToolPack, tool
 from toolken_plus.tasks.gsm8k import calculator_tools
-from toolken_plus.tools.calls import coerce_arguments, parse_arguments
+from toolken_plus.tools.calls import ToolArgumentError, bind_arguments, coerce_arguments, parse_arguments, parse_call_arguments
 from toolken_plus.tools.plugins import Origin, ToolRegistry, discover_tools, tools_of
 from toolken_plus.tools.registry import ToolDefinitionError, doc_hash
 
@@ -142,6 +142,36 @@ def test_call_example_runs_the_tool_and_records_the_span():
         call_example('x <<c_to_f("hot")>>', [c_to_f])
     with pytest.raises(ValueError, match="no <<tool"):
         call_example("no calls", [c_to_f])
+
+
+def test_tools_take_keyword_arguments():
+    from toolken_plus.tools.examples import call_example
+
+    @tool
+    def forecast(city: str, days: int = 1, *, units: str = "C") -> str:
+        """The weather of a city for the next days."""
+        return f"{city}: {days} day(s) in {units}"
+
+    call = bind_arguments(parse_call_arguments('city="Paris", days=3'), forecast.signature)
+    assert (call.args, call.kwargs) == (["Paris", 3], {}) and forecast(*call.args) == "Paris: 3 day(s) in C"
+    with pytest.raises(ToolArgumentError, match="unknown keyword argument 'town'"):
+        bind_arguments(parse_call_arguments('town="Paris"'), forecast.signature)
+    row = call_example('Rome: <<forecast("Rome", units="F")>>. Oslo: <<forecast(city="Oslo")>>.', [forecast])
+    assert row["text"] == "Rome: Rome: 1 day(s) in F. Oslo: Oslo: 1 day(s) in C."
+    first, second = row["calls"]
+    assert (first["args"], first["kwargs"]) == (["Rome"], {"units": "F"})
+    assert second.keys() == {"tool", "start", "end", "args"} and second["args"] == ["Oslo"]  # bound by position
+    assert row["text"][second["start"]:second["end"]] == "Oslo: 1 day(s) in C"
+    with pytest.raises(ValueError, match="missing required argument 'city'"):
+        call_example("x <<forecast(days=2)>>", [forecast])
+
+    @tool
+    def tagged(name: str, **tags: str) -> str:
+        """A name with any tags."""
+        return name
+
+    params = tagged.schema()["parameters"]
+    assert params["required"] == ["name"] and params["additionalProperties"] == {"type": "string"}
 
 
 # --- every way a tool is made is checked (name and documentation) -----------

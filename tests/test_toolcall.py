@@ -11,10 +11,13 @@ from hypothesis import strategies as st
 
 from toolken_plus.tools.calls import (
     MAX_CHARS,
+    CallArguments,
     ToolArgumentError,
+    bind_arguments,
     coerce_arguments,
     format_result,
     parse_arguments,
+    parse_call_arguments,
     run_and_format,
 )
 from toolken_plus.tools.isolation import ThreadRunner
@@ -120,6 +123,71 @@ def test_round_trip_thousands_commas(values):
     assert parse_arguments(", ".join(f"{v:,}" for v in values)) == values
 
 
+# --- keyword arguments: the same parser ------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text, args, kwargs",
+    [
+        ('city="Paris", days=3', [], {"city": "Paris", "days": 3}),
+        ('"Paris", days = 3', ["Paris"], {"days": 3}),
+        ("n=1,000, m=2", [], {"n": 1000, "m": 2}),  # the comma rule holds after a name too
+        ("xs=[1, 2], s='a=b, c'", [], {"xs": [1, 2], "s": "a=b, c"}),  # '=' inside a string is text
+        (" _private\n=\t-5% ", [], {"_private": -0.05}),
+        ("1, 2, k9=$3", [1, 2], {"k9": 3}),
+    ],
+)
+def test_parse_keyword_arguments(text, args, kwargs):
+    assert parse_call_arguments(text) == CallArguments(args, kwargs)
+
+
+@pytest.mark.parametrize(
+    "text, reason",
+    [
+        ("a=1, 2", "positional argument after keyword argument at position 5"),
+        ("a=1, a=2", "keyword argument 'a' repeated at position 5"),
+        ("a=", "expected a value at end of text"),
+        ("a=1,", "expected a value at end of text"),
+        ("a==1", "unexpected 'a' at position 0"),
+        ("=1", "unexpected '=' at position 0"),
+        ("city=Paris", "unexpected 'P' at position 5"),  # a bare name is not a value
+        ("x=__import__('os')", "unexpected '_' at position 2"),
+        ("os.path=1", "unexpected 'o' at position 0"),  # names are plain identifiers
+        ("f(x)=1", "unexpected 'f' at position 0"),
+        ("[a=1]", "unexpected 'a' at position 1"),  # no keywords inside a list
+        ("é=1", "unexpected 'é' at position 0"),  # ASCII names only
+        (", ".join(f"k{i}=1" for i in range(65)), "too many arguments"),
+    ],
+)
+def test_parse_keyword_rejects(text, reason):
+    with pytest.raises(ToolArgumentError) as info:
+        parse_call_arguments(text)
+    assert reason in str(info.value)
+
+
+def test_parse_arguments_takes_positional_values_only():
+    assert parse_arguments("1, 2") == parse_call_arguments("1, 2").args == [1, 2]
+    with pytest.raises(ToolArgumentError, match="keyword argument 'days' where only positional"):
+        parse_arguments('"Paris", days=3')
+
+
+@given(st.text(alphabet="abxyz_019,. []'\"\\$%+-eE=", max_size=80))
+def test_fuzz_keyword_alphabet(text):
+    try:
+        assert isinstance(parse_call_arguments(text), CallArguments)
+    except ToolArgumentError:
+        pass
+
+
+identifiers = st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,10}", fullmatch=True)
+
+
+@given(st.lists(numbers, max_size=5), st.dictionaries(identifiers, numbers, max_size=5))
+def test_round_trip_keywords(args, kwargs):
+    text = ", ".join([repr(v) for v in args] + [f"{k}={v!r}" for k, v in kwargs.items()])
+    assert parse_call_arguments(text) == CallArguments(args, kwargs)
+
+
 # --- coerce_arguments -------------------------------------------------------
 
 
@@ -174,6 +242,83 @@ def test_coerce_postponed_annotations():
     assert coerce_arguments([2.0, [1]], sig(f)) == [2, [1]]
     with pytest.raises(ToolArgumentError):
         coerce_arguments([2.5, [1]], sig(f))
+
+
+# --- binding keyword arguments to the signature ----------------------------
+
+
+def weather(city: str, days: int = 1, *, units: str = "C") -> str:
+    return f"{city} {days} {units}"
+
+
+def pos_only(x: float, /, y: float = 0.0) -> float:
+    return x + y
+
+
+def scaled(*xs: float, scale: float) -> float:
+    return scale * sum(xs)
+
+
+def open_ended(a: int, **extra: float) -> str:
+    return f"{a} {sorted(extra.items())}"
+
+
+def bind(text, fn):
+    return bind_arguments(parse_call_arguments(text), sig(fn))
+
+
+@pytest.mark.parametrize(
+    "fn, text, args, kwargs",
+    [
+        (weather, 'city="Paris", days=3', ["Paris", 3], {}),  # canonical: as if written positionally
+        (weather, 'days=2.0, city="Oslo"', ["Oslo", 2], {}),  # any order; int converted as for positional values
+        (weather, '"Oslo", units="F"', ["Oslo"], {"units": "F"}),  # keyword-only stays a keyword
+        (weather, 'city="Oslo", units="F"', ["Oslo"], {"units": "F"}),
+        (pos_only, "1, y=2", [1, 2], {}),
+        (scaled, "1, 2, scale=3", [1, 2], {"scale": 3}),
+        (open_ended, "1, b=2.5, c=0", [1], {"b": 2.5, "c": 0}),  # **extra takes other names
+        (open_ended, "a=1", [1], {}),
+        (two_floats, "1, b=2", [1, 2], {}),
+    ],
+)
+def test_bind_keywords_ok(fn, text, args, kwargs):
+    call = bind(text, fn)
+    assert (call.args, call.kwargs) == (args, kwargs)
+    fn(*call.args, **call.kwargs)  # Python binds it the same way
+
+
+@pytest.mark.parametrize(
+    "fn, text, message",
+    [
+        (weather, 'town="Paris"', "unknown keyword argument 'town'; keywords the tool takes: city, days, units"),
+        (weather, '"Paris", city="Oslo"', "argument 'city' given twice: as argument 1 and by keyword"),
+        (weather, "days=3", "missing required argument 'city'"),
+        (scaled, "1, 2", "missing required argument 'scale'"),  # keyword-only and required
+        (two_floats, "b=1", "missing required argument 'a'"),
+        (weather, "city=3", "argument 'city': expected str, got int 3"),
+        (weather, '"Oslo", days="two"', "argument 'days': expected int, got str 'two'"),
+        (weather, '"Oslo", units=1', "argument 'units': expected str"),
+        (open_ended, '1, b="x"', "argument 'b': expected float, got str 'x'"),
+        (pos_only, "x=1", "unknown keyword argument 'x' (it is positional-only)"),
+        (weather, '"Oslo", 1, "C"', "expected 1 to 2 arguments, got 3"),  # keyword-only is not positional
+        (varargs, "x=1", "unknown keyword argument 'x'; keywords the tool takes: none"),
+    ],
+)
+def test_bind_keyword_errors(fn, text, message):
+    with pytest.raises(ToolArgumentError) as info:
+        bind(text, fn)
+    assert message in str(info.value)
+
+
+def test_bind_without_signature_passes_keywords_through():
+    assert bind_arguments(CallArguments([1], {"k": "v"}), None) == CallArguments([1], {"k": "v"})
+
+
+def test_call_with_keywords_reaches_the_tool():
+    call = bind('"Oslo", units="F", days=2', weather)
+    out = ThreadRunner(Tool("weather", weather, "Weather."), 2.0, MAX_CHARS).call(call.args, call.kwargs)
+    assert out.ok and out.value == "Oslo 2 F"
+    assert run_and_format(weather, ["Rome"], 300, {"units": "K"}).value == "Rome 1 K"
 
 
 # --- a guarded call in a thread (the agent's path for built-in tools) --------

@@ -1,99 +1,77 @@
-"""The `toolken-plus` command (training and inference are `train.py` / `infer.py`).
+"""The `toolken-plus` command: one subcommand per entry of COMMANDS.
 
-    toolken-plus tools                 every registered tool: name, source package, first doc line
-    toolken-plus tools --json          the same with full docs, argument schemas and doc hashes
-    toolken-plus report DIR… [--out OUT]
-                                       one markdown report (tables, PNG plots) of every train.py and
-                                       infer.py run under the DIRs, in OUT/report.md (default reports/)
+    toolken-plus train <Hydra overrides…>   train toolkens; the same overrides as `python train.py`
+    toolken-plus infer <Hydra overrides…>   answer and score a task's questions; as `python infer.py`
+    toolken-plus tools [--json]             every registered tool: name, source package, first doc line
+    toolken-plus report DIR… [--out OUT]    one markdown report (tables, PNG plots) of every run under the DIRs
+    toolken-plus COMMAND --help             the command's own help (train, infer: Hydra's)
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
+import importlib
 import sys
-from pathlib import Path
+from typing import Callable
 
-from toolken_plus.config import PROJECT_ROOT
-from toolken_plus.tools.plugins import GROUP, ToolRegistry, discover_tools
-from toolken_plus.tools.registry import doc_hash
-
-
-def default_data_root() -> Path:
-    return Path(os.environ.get("TOOLKEN_PLUS_DATA") or PROJECT_ROOT.parent / "shared" / "data")
+# A command takes the arguments after its name and returns an exit status
+# (None counts as 0); the first line of its docstring is its line in `--help`.
+Command = Callable[[list[str]], int | None]
 
 
-def _tool_records(registry: ToolRegistry) -> list[dict]:
-    out = []
-    for t in registry:
-        origin = registry.origin(t.name)
-        schema = t.schema()
-        out.append({
-            "name": t.name,
-            "package": origin.package,
-            "plugin": origin.plugin,
-            "target": origin.target,
-            "summary": t.summary,
-            "doc": t.doc,
-            "doc_hash": doc_hash(t.doc),
-            "doc_only": t.doc_only,
-            "has_demos": t.demo_prompt is not None,
-            "parameters": schema.get("parameters"),
-        })
-    return out
+def lazy(target: str, summary: str) -> Command:
+    """The command `module:function`, imported only when it runs: train and
+    infer load torch (seconds), which `toolken-plus tools` or `--help` need not."""
+    module, _, function = target.partition(":")
+
+    def run(argv: list[str]) -> int | None:
+        return getattr(importlib.import_module(module), function)(argv)
+
+    run.__doc__ = summary
+    return run
 
 
-def _shorten(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: width - 1] + "…"
+# Adding a subcommand is one line here.
+COMMANDS: dict[str, Command] = {
+    "train": lazy("toolken_plus.cli.train:main", "train toolkens on a frozen backbone (Hydra overrides, as train.py)"),
+    "infer": lazy("toolken_plus.cli.infer:main", "answer and score a task's questions with trained toolkens (as infer.py)"),
+    "tools": lazy("toolken_plus.cli.list_tools:main", "list every registered tool"),
+    "report": lazy("toolken_plus.cli.report:main", "one markdown report across benchmarks and methods"),
+}
 
 
-def list_tools(args) -> int:
-    registry = discover_tools(args.data_root)
-    records = _tool_records(registry)
-    problems = [str(p) for p in registry.problems] + [registry.conflict_message(n) for n in registry.conflicts]
-    if args.json:
-        json.dump({"tools": records, "problems": problems}, sys.stdout, indent=2)
-        print()
-    else:
-        w_name = max([len(r["name"]) for r in records] + [4])
-        w_pkg = max([len(r["package"]) for r in records] + [7])
-        print(f"{'tool':<{w_name}}  {'package':<{w_pkg}}  documentation")
-        for r in records:
-            kind = " [doc-only]" if r["doc_only"] else ""
-            print(f"{r['name']:<{w_name}}  {r['package']:<{w_pkg}}  {_shorten(r['summary'], 100)}{kind}")
-        print(f"{len(records)} tools")
-    for p in problems:
-        print(f"error: {p}", file=sys.stderr)
-    return 1 if problems else 0
+def _summary(command: Command) -> str:
+    return (command.__doc__ or "").strip().splitlines()[0] if (command.__doc__ or "").strip() else ""
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="toolken-plus", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    tools = sub.add_parser(
-        "tools", help="list every registered tool",
-        description=f"List every tool installed through the entry-point group {GROUP!r} (built-in packs included). "
-                    "Exit status 1 when a plugin failed to load or two tools share a name (reported on stderr).")
-    tools.add_argument("--json", action="store_true", help="machine-readable output: full docs, doc hashes, argument schemas")
-    tools.add_argument("--data-root", type=Path, default=default_data_root(),
-                       help="data folder for packs whose demos/docs live there (default: $TOOLKEN_PLUS_DATA or ../shared/data)")
-    tools.set_defaults(run=list_tools)
-    # Imported here, not at the top: toolken_plus.cli imports this module, and `python -m
-    # toolken_plus.cli.compare` (which report imports) warns when the package loaded it already.
-    import toolken_plus.cli.report as report
+def usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = [f"  {name:<{width}}  {_summary(command)}" for name, command in COMMANDS.items()]
+    return "\n".join(["usage: toolken-plus COMMAND [ARGS…]", "", "commands:", *lines, "",
+                      "`toolken-plus COMMAND --help` shows a command's options."])
 
-    rep = sub.add_parser("report", help="one markdown report across benchmarks and methods",
-                         description=report.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    report.add_arguments(rep)
-    rep.set_defaults(run=report.run)
-    return parser
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("toolken_plus")
+    except PackageNotFoundError:  # a source checkout that was never installed
+        return "unknown"
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return args.run(args)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage(), file=sys.stdout if argv else sys.stderr)
+        return 0 if argv else 2
+    if argv[0] == "--version":
+        print(f"toolken-plus {_version()}")
+        return 0
+    command = COMMANDS.get(argv[0])
+    if command is None:
+        print(f"toolken-plus: unknown command {argv[0]!r} (choose from {', '.join(COMMANDS)})\n\n{usage()}", file=sys.stderr)
+        return 2
+    return command(argv[1:]) or 0
 
 
 if __name__ == "__main__":

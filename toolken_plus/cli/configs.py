@@ -1,5 +1,5 @@
-"""Hydra's view of the configuration: the schemas of conf/config.yaml
-(TrainConfig) and conf/infer.yaml (InferConfig), and the options of the five
+"""Hydra's view of the configuration: the schemas of toolken_plus/conf/config.yaml
+(TrainConfig) and infer.yaml (InferConfig), and the options of the five
 groups, registered from the classes that define them (one source of truth:
 each option's fields and defaults live in its dataclass).
 
@@ -9,8 +9,9 @@ each option's fields and defaults live in its dataclass).
     method    toolkens (default) | icl | lora                    config/methods.py
     logger    none (default) | wandb                             train/loggers.py
 
-A group option of your own can also be a YAML file in conf/<group>/ with a
-`_target_` naming its class.
+A group option of your own can also be a YAML file in <folder>/<group>/ with a
+`_target_` naming its class, the folder on Hydra's search path
+(`hydra.searchpath=[file://<folder>]`; docs/configuration.md).
 """
 
 from __future__ import annotations

@@ -12,7 +12,9 @@ from typing import TypeVar
 from omegaconf import DictConfig, OmegaConf
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-CONFIG_DIR = PROJECT_ROOT / "conf"
+# The Hydra configs ship inside the package (package data), so an installed
+# wheel trains and infers without a source checkout.
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 T = TypeVar("T")
 

@@ -1,7 +1,7 @@
 """Every option of train.py and infer.py, with its type and default, once.
 
 These dataclasses are the single source of truth: Hydra composes them
-(they are registered as the schemas of conf/config.yaml and conf/infer.yaml,
+(they are registered as the schemas of toolken_plus/conf/config.yaml and infer.yaml,
 which type-checks every override), and the library takes the same objects
 without Hydra (`TrainConfig(task=Gsm8kXL(), model=TinyRandomBackbone())`).
 Ranges are checked by `validation.py`.
@@ -101,7 +101,7 @@ class AgentConfig:
 @dataclass
 class RunConfig:
     """Every option of a run. Training and inference share one schema, so an
-    experiment file (conf/experiment/) sets both; each stage reads its parts
+    experiment file (toolken_plus/conf/experiment/) sets both; each stage reads its parts
     (train.py: trainer, cache, calibration, tools; infer.py: agent)."""
 
     model: Any = None  # a backbone spec (backbone/loading.py); infer.py: None = the checkpoint's backbone

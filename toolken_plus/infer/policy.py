@@ -21,7 +21,7 @@ from toolken_plus.config.schema import AgentConfig
 from toolken_plus.data.prompts import FewShotPrompt
 from toolken_plus.infer.records import CallDone, Row, ToolCallRecord
 from toolken_plus.rerank.base import RerankContext, decision_record, top_candidates
-from toolken_plus.tools.calls import ToolArgumentError, closing_paren, coerce_arguments, find_text_call, parse_arguments
+from toolken_plus.tools.calls import ToolArgumentError, bind_arguments, closing_paren, find_text_call, parse_call_arguments
 from toolken_plus.tools.registry import Tool
 
 
@@ -195,17 +195,17 @@ class DecisionPolicy:
     def run_tool(self, row: Row, args_text: str) -> ToolCallRecord:
         rec = ToolCallRecord(tool=row.tool.name, args_text=args_text, at_char=len(row.reason_text))
         try:
-            args = coerce_arguments(parse_arguments(args_text), row.tool.signature)
+            call = bind_arguments(parse_call_arguments(args_text), row.tool.signature)
         except ToolArgumentError as err:
             rec.error = f"bad arguments: {err}"
             return rec
-        rec.args = args
+        rec.args, rec.kwargs = call.args, call.kwargs or None
         if row.tool.fn is None:
             rec.error = "documentation-only tool: nothing to execute"
             return rec
         # The runner formats and caps the result where the tool ran, and
         # turns every failure (also of str(result)) into an error outcome.
-        outcome = self.runners[row.tool.name].call(args)
+        outcome = self.runners[row.tool.name].call(call.args, call.kwargs)
         rec.seconds = outcome.seconds
         if outcome.ok:
             rec.result, rec.truncated_from = outcome.value, outcome.truncated_from

@@ -25,7 +25,7 @@ Three kinds (`mode`), which decide how infer.py predicts:
             then executed and judged by the task.
 
 Adding a benchmark = a module here with a Task subclass (found by name, see
-tasks/__init__.py) + an experiment file in conf/experiment/ + tests.
+tasks/__init__.py) + an experiment file in toolken_plus/conf/experiment/ + tests.
 """
 
 from __future__ import annotations

@@ -9,9 +9,11 @@ result turned into capped text by :func:`format_result` where it ran.  Every
 failure becomes a :class:`ToolArgumentError` or an error :class:`ToolOutcome`,
 so the agent can treat it like a Reject for that step instead of crashing.
 
-Grammar accepted by :func:`parse_arguments` (whitespace around items ignored)::
+Grammar accepted by :func:`parse_call_arguments` (whitespace around items ignored)::
 
-    arguments := "" | value ("," value)*          at most 64 values
+    arguments := "" | item ("," item)*            at most 64 items
+    item      := value | name "=" value           keyword items after all positional ones
+    name      := [A-Za-z_][A-Za-z0-9_]*           ASCII; each name at most once
     value     := number | string | list
     list      := "[" [value ("," value)*] "]"     nested at most 8 deep
     string    := '"' ... '"' | "'" ... "'"        \\<quote> and \\\\ are escapes;
@@ -30,6 +32,14 @@ separates arguments.  So ``1,000, 2`` -> ``[1000, 2]``, ``1,2`` -> ``[1, 2]``,
 ``3, 4`` -> ``[3, 4]``, ``1,0000`` -> ``[1, 0]`` and ``12,345.5`` -> ``[12345.5]``.
 (ToolkenGPT instead drops every bare comma when the text contains ``", "`` and
 otherwise splits on all commas; the rules agree on its demo formats.)
+
+Keyword arguments are written as in Python, ``weather("Paris", days=3)``: a
+name is only ever looked up among the tool's parameters by
+:func:`bind_arguments` (never evaluated, never an attribute), and the value
+after ``=`` is a literal like any other.  Binding follows Python's rules:
+positional values fill the parameters in order, a keyword names one that is
+not positional-only (or lands in ``**kwargs``), and an unknown name, a
+parameter given twice or a required one missing is a :class:`ToolArgumentError`.
 """
 
 from __future__ import annotations
@@ -41,7 +51,7 @@ import threading
 import time
 import types
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Callable
 
@@ -53,6 +63,18 @@ MAX_DEPTH = 8
 class ToolArgumentError(ValueError):
     """The model's argument text, or the values it denotes, do not fit the tool."""
 
+
+@dataclass
+class CallArguments:
+    """The arguments of one call: positional values, then keyword values by name."""
+
+    args: list = field(default_factory=list)
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+# `name =` opening a keyword item (`==` is not one; no value starts with a letter,
+# so a name not followed by `=` is reported as the unexpected character it is).
+_KEYWORD = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\s*=(?!=)")
 
 # A number literal.  Thousands groups are part of the literal, so once a number
 # has been read every comma the parser meets is an argument separator.
@@ -77,23 +99,54 @@ class _Parser:
         while self.pos < len(self.text) and self.text[self.pos].isspace():
             self.pos += 1
 
-    def items(self, depth: int, opened_at: int | None) -> list:
-        """Comma-separated values up to ``]`` (inside a list) or the end of text."""
+    def arguments(self) -> CallArguments:
+        """The whole text: comma-separated items, each a value or `name=value`."""
+        out = CallArguments()
+        self.skip_ws()
+        if self.at_close(None):
+            return out
+        while True:
+            start = self.pos
+            keyword = _KEYWORD.match(self.text, self.pos)
+            if keyword:
+                name = keyword.group(1)
+                if name in out.kwargs:
+                    raise self.error(f"keyword argument {name!r} repeated", start)
+                self.pos = keyword.end()
+                self.skip_ws()
+                out.kwargs[name] = self.value(0)
+            else:
+                value = self.value(0)
+                if out.kwargs:  # as in Python: f(a=1, 2) is not a call
+                    raise self.error("positional argument after keyword argument", start)
+                out.args.append(value)
+            if len(out.args) + len(out.kwargs) > MAX_ARGS:
+                raise ToolArgumentError(f"too many arguments (more than {MAX_ARGS})")
+            if self.separator(None):
+                return out
+
+    def items(self, depth: int, opened_at: int) -> list:
+        """Comma-separated values up to the ``]`` closing the list opened at `opened_at`."""
         out: list = []
         self.skip_ws()
         if self.at_close(opened_at):
             return out
         while True:
             out.append(self.value(depth))
-            if opened_at is None and len(out) > MAX_ARGS:
-                raise ToolArgumentError(f"too many arguments (more than {MAX_ARGS})")
-            self.skip_ws()
-            if self.at_close(opened_at):
+            if self.separator(opened_at):
                 return out
-            if self.text[self.pos] != ",":
-                raise self.error(f"expected ',' but found {self.text[self.pos]!r}")
-            self.pos += 1
-            self.skip_ws()
+
+    def separator(self, opened_at: int | None) -> bool:
+        """After an item: True where the list (or the text) ends; else past the
+        ',' (an item must follow: a trailing comma is an error)."""
+        self.skip_ws()
+        if self.at_close(opened_at):
+            return True
+        if self.text[self.pos] != ",":
+            raise self.error(f"expected ',' but found {self.text[self.pos]!r}")
+        self.pos += 1
+        self.skip_ws()
+        return False
 
     def at_close(self, opened_at: int | None) -> bool:
         if opened_at is None:
@@ -198,8 +251,9 @@ def find_text_call(text: str, tool_names) -> tuple[str, str, int] | None:
     return None
 
 
-def parse_arguments(text: str) -> list:
-    """Parse the text a model wrote between ``name(`` and ``)`` into a list of values.
+def parse_call_arguments(text: str) -> CallArguments:
+    """Parse the text a model wrote between ``name(`` and ``)``: positional
+    values, then keyword values (``"Paris", days=3``).
 
     See the module docstring for the grammar and the comma rule.  Raises
     :class:`ToolArgumentError` naming the offending character and its position.
@@ -208,7 +262,17 @@ def parse_arguments(text: str) -> list:
         raise ToolArgumentError(f"arguments must be text, got {type(text).__name__}")
     if len(text) > MAX_CHARS:
         raise ToolArgumentError(f"argument text too long ({len(text)} > {MAX_CHARS} chars)")
-    return _Parser(text).items(depth=0, opened_at=None)
+    return _Parser(text).arguments()
+
+
+def parse_arguments(text: str) -> list:
+    """The positional values of :func:`parse_call_arguments`, for callers that
+    take no keywords; a keyword argument in `text` is a :class:`ToolArgumentError`."""
+    call = parse_call_arguments(text)
+    if call.kwargs:
+        raise ToolArgumentError(f"keyword argument {next(iter(call.kwargs))!r} where only positional values are "
+                                f"taken (parse_call_arguments reads both)")
+    return call.args
 
 
 # ---------------------------------------------------------------------------
@@ -267,35 +331,73 @@ def _plural(n: int) -> str:
     return f"{n} argument" if n == 1 else f"{n} arguments"
 
 
-def coerce_arguments(args: list, signature: inspect.Signature | None) -> list:
-    """Check parsed ``args`` against the tool's ``signature`` and return them converted.
+def bind_arguments(call: CallArguments, signature: inspect.Signature | None) -> CallArguments:
+    """Check a parsed call against the tool's ``signature``, as Python binds a
+    call, and return its values converted, ready for ``fn(*args, **kwargs)``.
 
-    With no signature the args pass unchanged.  Annotations: ``float`` accepts
-    int or float (unchanged), ``int`` accepts an int or an integral float
-    (converted), ``str`` only str, ``list``/``list[X]`` only lists (items checked
-    against ``X``), unions try each member; unannotated parameters accept
-    anything.  ``*args`` takes the rest, each checked against its annotation.
-    Wrong arity or type raises :class:`ToolArgumentError`.
+    Positional values fill the positional parameters in order (``*args`` takes
+    the rest); each keyword names a parameter that is not positional-only, or
+    goes to ``**kwargs``. An unknown keyword, a parameter given both by
+    position and by keyword, or a required parameter left out raises
+    :class:`ToolArgumentError`, as does a value of the wrong type:
+    ``float`` accepts int or float (unchanged), ``int`` an int or an integral
+    float (converted), ``str`` only str, ``list``/``list[X]`` only lists (items
+    checked against ``X``), unions try each member; unannotated parameters
+    accept anything. With no signature the values pass unchanged.
+
+    The result is canonical: a keyword value of a positional parameter moves
+    into ``args`` when every parameter before it is filled, so
+    ``c_to_f(celsius=100)`` and ``c_to_f(100)`` bind alike.
     """
     if signature is None:
-        return list(args)
+        return CallArguments(list(call.args), dict(call.kwargs))
     params = list(signature.parameters.values())
     positional = [p for p in params if p.kind in (_P.POSITIONAL_ONLY, _P.POSITIONAL_OR_KEYWORD)]
     var = next((p for p in params if p.kind is _P.VAR_POSITIONAL), None)
-    needs_keyword = [p.name for p in params if p.kind is _P.KEYWORD_ONLY and p.default is _P.empty]
-    if needs_keyword:  # a call site only passes positional values
-        raise ToolArgumentError(f"tool needs keyword argument(s) {', '.join(needs_keyword)}")
+    var_keyword = next((p for p in params if p.kind is _P.VAR_KEYWORD), None)
+    by_keyword = {p.name: p for p in params if p.kind in (_P.POSITIONAL_OR_KEYWORD, _P.KEYWORD_ONLY)}
+    n = len(call.args)
+    if var is None and n > len(positional):
+        raise ToolArgumentError(_count_message(positional, n))
+    for name in call.kwargs:
+        p = by_keyword.get(name)
+        if p is not None and p.kind is _P.POSITIONAL_OR_KEYWORD and positional.index(p) < n:
+            raise ToolArgumentError(f"argument {name!r} given twice: as argument {positional.index(p) + 1} and by keyword")
+        if p is None and var_keyword is None:
+            only = " (it is positional-only)" if any(q.name == name for q in positional) else ""
+            raise ToolArgumentError(f"unknown keyword argument {name!r}{only}; "
+                                    f"keywords the tool takes: {', '.join(by_keyword) or 'none'}")
+    # Required parameters left empty (a keyword cannot fill a positional-only one)
+    missing = [p for p in positional[n:] + [q for q in params if q.kind is _P.KEYWORD_ONLY]
+               if p.default is _P.empty and (p.kind is _P.POSITIONAL_ONLY or p.name not in call.kwargs)]
+    if missing and not call.kwargs and all(p.kind is not _P.KEYWORD_ONLY for p in missing):
+        raise ToolArgumentError(_count_message(positional, n, at_least=var is not None))  # a positional call: say how many
+    if missing:
+        raise ToolArgumentError(f"missing required argument{'s' if len(missing) > 1 else ''} "
+                                f"{', '.join(repr(p.name) for p in missing)}")
+    args = [_check(value, (positional[i] if i < len(positional) else var).annotation, f"argument {i + 1}")
+            for i, value in enumerate(call.args)]
+    kwargs = {name: _check(value, (by_keyword.get(name) or var_keyword).annotation, f"argument {name!r}")
+              for name, value in call.kwargs.items()}
+    # Canonical form: keyword values of the next positional-or-keyword parameters become positional.
+    for p in positional[n:]:
+        if p.kind is not _P.POSITIONAL_OR_KEYWORD or p.name not in kwargs:
+            break
+        args.append(kwargs.pop(p.name))
+    return CallArguments(args, kwargs)
+
+
+def _count_message(positional: list[inspect.Parameter], n: int, at_least: bool = False) -> str:
     required = sum(p.default is _P.empty for p in positional)
-    n = len(args)
-    if var is not None and n < required:
-        raise ToolArgumentError(f"expected at least {_plural(required)}, got {n}")
-    if var is None and not required <= n <= len(positional):
-        span = f"{required}" if required == len(positional) else f"{required} to {len(positional)}"
-        raise ToolArgumentError(f"expected {span} argument{'' if span == '1' else 's'}, got {n}")
-    return [
-        _check(value, (positional[i] if i < len(positional) else var).annotation, f"argument {i + 1}")
-        for i, value in enumerate(args)
-    ]
+    if at_least:
+        return f"expected at least {_plural(required)}, got {n}"
+    span = f"{required}" if required == len(positional) else f"{required} to {len(positional)}"
+    return f"expected {span} argument{'' if span == '1' else 's'}, got {n}"
+
+
+def coerce_arguments(args: list, signature: inspect.Signature | None) -> list:
+    """:func:`bind_arguments` for positional values only: the checked, converted list."""
+    return bind_arguments(CallArguments(list(args)), signature).args
 
 
 # ---------------------------------------------------------------------------
@@ -334,12 +436,12 @@ def format_result(value: Any, max_chars: int) -> tuple[str, int | None]:
     return text, (full if full > max_chars else None)
 
 
-def run_and_format(fn: Callable[..., Any], args: list, max_chars: int) -> ToolOutcome:
-    """``fn(*args)`` formatted by :func:`format_result`; never raises (no time
-    limit: the caller runs it in a thread or a worker process)."""
+def run_and_format(fn: Callable[..., Any], args: list, max_chars: int, kwargs: dict | None = None) -> ToolOutcome:
+    """``fn(*args, **kwargs)`` formatted by :func:`format_result`; never raises
+    (no time limit: the caller runs it in a thread or a worker process)."""
     start = time.perf_counter()
     try:
-        value = fn(*args)
+        value = fn(*args, **(kwargs or {}))
     except BaseException as exc:  # SystemExit etc. from a tool is still just a failed call
         return ToolOutcome(False, error=exception_text(exc), seconds=time.perf_counter() - start)
     try:

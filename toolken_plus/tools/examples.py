@@ -19,7 +19,7 @@ import re
 from pathlib import Path
 from typing import Iterable
 
-from toolken_plus.tools.calls import ToolArgumentError, coerce_arguments, parse_arguments
+from toolken_plus.tools.calls import ToolArgumentError, bind_arguments, parse_call_arguments
 from toolken_plus.tools.registry import Tool
 
 _MARKER = re.compile(r"<<\s*([^\s(<>]+)\((.*?)\)\s*>>", re.S)
@@ -39,12 +39,13 @@ def call_example(template: str, tools: Iterable[Tool] | dict[str, Tool]) -> dict
         if t.fn is None:
             raise ValueError(f"{name!r} is documentation-only: write its result into the text yourself {where}")
         try:
-            args = coerce_arguments(parse_arguments(args_text), t.signature)
+            call = bind_arguments(parse_call_arguments(args_text), t.signature)
         except ToolArgumentError as err:
             raise ValueError(f"bad arguments {where}: {err}") from None
-        result = str(t.fn(*args))
+        result = str(t.fn(*call.args, **call.kwargs))
         text += template[pos : m.start()]
-        calls.append({"tool": name, "start": len(text), "end": len(text) + len(result), "args": args})
+        record = {"tool": name, "start": len(text), "end": len(text) + len(result), "args": call.args}
+        calls.append({**record, "kwargs": call.kwargs} if call.kwargs else record)
         text += result
         pos = m.end()
     if not calls:

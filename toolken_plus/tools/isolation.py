@@ -73,7 +73,7 @@ class ThreadRunner:
         self._lock = threading.Lock()
         self._running = 0  # calls whose thread has not ended; between calls, timed-out ones
 
-    def call(self, args: list) -> ToolOutcome:
+    def call(self, args: list, kwargs: dict | None = None) -> ToolOutcome:
         with self._lock:
             if self._running >= self.MAX_RUNNING:
                 return ToolOutcome(False, error=f"tool disabled: {self._running} earlier calls still running")
@@ -82,7 +82,7 @@ class ThreadRunner:
 
         def work() -> None:
             try:
-                box["outcome"] = run_and_format(self.tool.fn, args, self.max_chars)
+                box["outcome"] = run_and_format(self.tool.fn, args, self.max_chars, kwargs)
             finally:
                 with self._lock:
                     self._running -= 1
@@ -111,8 +111,8 @@ class ProcessRunner:
     def __init__(self, tool: Tool, worker: "Worker", timeout: float, max_chars: int):
         self.tool, self.worker, self.timeout, self.max_chars = tool, worker, timeout, max_chars
 
-    def call(self, args: list) -> ToolOutcome:
-        return self.worker.call(self.tool.name, args, self.timeout, self.max_chars)
+    def call(self, args: list, kwargs: dict | None = None) -> ToolOutcome:
+        return self.worker.call(self.tool.name, args, self.timeout, self.max_chars, kwargs)
 
     def close(self) -> None:
         self.worker.close()
@@ -211,7 +211,7 @@ class Worker:
         self._tx: Connection | None = None
         self.broken: str | None = None  # why the pack cannot load: every call fails at once, no restart loop
 
-    def call(self, tool: str, args: list, timeout: float, max_chars: int) -> ToolOutcome:
+    def call(self, tool: str, args: list, timeout: float, max_chars: int, kwargs: dict | None = None) -> ToolOutcome:
         if self.proc is not None and self.proc.poll() is not None:
             self._reap()  # died between calls (killed from outside): start afresh
         if self.broken is None and self.proc is None:
@@ -220,7 +220,8 @@ class Worker:
             return ToolOutcome(False, error=self.broken)
         start = time.perf_counter()
         try:
-            self._tx.send_bytes(json.dumps({"tool": tool, "args": args, "max_chars": max_chars}).encode())
+            request = {"tool": tool, "args": args, "kwargs": kwargs or {}, "max_chars": max_chars}
+            self._tx.send_bytes(json.dumps(request).encode())
             answered = self._rx.poll(timeout)
         except OSError as exc:  # the pipe broke: the worker is gone
             return ToolOutcome(False, error=self._fail(f"worker process failed: {exception_text(exc)}"),
@@ -372,7 +373,7 @@ def _worker_main(rx_fd: int, tx_fd: int) -> None:
             request = json.loads(rx.recv_bytes())
         except EOFError:  # the agent closed the pipe: the run is over
             return
-        outcome = run_and_format(functions[request["tool"]], request["args"], request["max_chars"])
+        outcome = run_and_format(functions[request["tool"]], request["args"], request["max_chars"], request["kwargs"])
         tx.send_bytes(json.dumps({"ok": outcome.ok, "text": outcome.value, "error": outcome.error,
                                   "cut": outcome.truncated_from}).encode())
 

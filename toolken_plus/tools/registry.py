@@ -101,18 +101,20 @@ class Tool:
             hints = typing.get_type_hints(self.fn)
         except Exception:  # unresolvable forward references: fall back to the raw annotations
             hints = {}
-        props, required = {}, []
+        props, required, other_keywords = {}, [], None
         for p in self.signature.parameters.values():
             ann = hints.get(p.name, p.annotation)
             if p.kind is p.VAR_POSITIONAL:
                 props[p.name] = {"type": "array", "items": _json_type(ann), "variadic": True}
             elif p.kind is p.VAR_KEYWORD:
-                continue  # the argument parser passes positional values only
+                other_keywords = _json_type(ann) or True  # **kwargs: keywords of any other name
             else:
                 props[p.name] = _json_type(ann)
                 if p.default is p.empty:
                     required.append(p.name)
         out["parameters"] = {"type": "object", "properties": props, "required": required}
+        if other_keywords is not None:
+            out["parameters"]["additionalProperties"] = other_keywords
         return out
 
 
