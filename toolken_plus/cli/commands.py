@@ -5,6 +5,10 @@
     toolken-plus report DIR… [--out OUT]
                                        one markdown report (tables, PNG plots) of every train.py and
                                        infer.py run under the DIRs, in OUT/report.md (default reports/)
+    toolken-plus serve checkpoint=RUN [serve.port=8765] [overrides]
+                                       an OpenAI-compatible HTTP API (POST /v1/chat/completions, GET /health)
+    toolken-plus chat checkpoint=RUN [overrides]
+                                       a question per line, the agent's reply and tool calls
 """
 
 from __future__ import annotations
@@ -88,10 +92,32 @@ def build_parser() -> argparse.ArgumentParser:
                          description=report.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     report.add_arguments(rep)
     rep.set_defaults(run=report.run)
+    for name, what in (("serve", "an OpenAI-compatible HTTP API in front of the agent"),
+                       ("chat", "talk to the agent in the terminal")):
+        sub.add_parser(name, help=f"{what} (Hydra overrides: checkpoint=… serve.*/agent.*; --help lists them)")
     return parser
 
 
+def _serve(argv: list[str]) -> int:
+    from toolken_plus.cli.serve import serve_main
+
+    return serve_main(argv)
+
+
+def _chat(argv: list[str]) -> int:
+    from toolken_plus.cli.serve import chat_main
+
+    return chat_main(argv)
+
+
+# Commands whose arguments are Hydra's (overrides, --help, --cfg job): argparse does not parse them.
+HYDRA_COMMANDS = {"serve": _serve, "chat": _chat}
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in HYDRA_COMMANDS:
+        return HYDRA_COMMANDS[argv[0]](argv[1:])
     args = build_parser().parse_args(argv)
     return args.run(args)
 

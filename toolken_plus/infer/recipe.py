@@ -232,6 +232,7 @@ def agent_from_config(cfg: InferConfig, backbone: Backbone | None = None, *, too
     validate_config(cfg)
     setup = Inference(cfg, backbone, tools=tools, prompt=prompt)
     if setup.task.mode != "text":
-        raise ValueError(f"{cfg.checkpoint} is for the {setup.task.mode} task {setup.task.name!r}: the agent loop answers "
-                         f"text tasks (infer.py evaluates {setup.task.mode} tasks)")
+        what = f"{cfg.checkpoint} is for" if cfg.checkpoint else "the task is"
+        raise ValueError(f"{what} the {setup.task.mode} task {setup.task.name!r}: the agent loop answers text tasks "
+                         f"(infer.py evaluates {setup.task.mode} tasks)")
     return setup.predictor()
