@@ -41,6 +41,30 @@ def test_batched_decoding_equals_one_by_one(tiny_backbone, tools, prompt, bias):
         assert sum(len(r.calls) for r in batched) > 0
 
 
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_questions_arriving_during_a_run_join_it(tiny_backbone, tools, prompt, batch_size, monkeypatch):
+    """A server's queue (`more`): questions that arrive while a run decodes
+    take free rows (the batch grows back for them) and decode what they
+    decode alone; the run ends once `more` has nothing left."""
+    from toolken_plus.infer.batch_cache import BatchCache as _BatchCache
+
+    agent = _agent(tiny_backbone, tools, prompt, logit_bias=4.0, max_arg_tokens=6)
+    single = [agent.run(q) for q in QUESTIONS]
+    arrivals = [[], [QUESTIONS[1]], [], [], [QUESTIONS[2], QUESTIONS[3]], *[[]] * 30, [QUESTIONS[4]]]
+    asked, finished = [], []
+
+    def more():
+        asked.append(1)
+        return arrivals.pop(0) if arrivals else []
+
+    widths, step = [], _BatchCache.step
+    monkeypatch.setattr(_BatchCache, "step", lambda self, tokens: widths.append(self.batch) or step(self, tokens))
+    results = agent.run_batch([QUESTIONS[0]], batch_size=batch_size, more=more, on_result=lambda i, r: finished.append(i))
+    assert [r.trace for r in results] == [r.trace for r in single]
+    assert sorted(finished) == list(range(5)) and not arrivals and len(asked) > 35
+    assert widths[0] == 1 and max(widths) == batch_size  # one row at first; grown for the arrivals
+
+
 def test_sharing_the_prompt_prefix_changes_no_trace(tiny_backbone, tools, prompt, monkeypatch):
     """Rows reading the few-shot prefix's KV in place decode what rows holding
     their own copy of it decode."""

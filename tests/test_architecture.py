@@ -23,6 +23,7 @@ LAYERS = [
     {"adapter"},  # the trained toolken head and its files
     {"rerank"},  # Toolken+ stage 2
     {"train", "infer"},  # the two recipes, independent of each other
+    {"serve"},  # the agent behind an HTTP API
     {"cli"},  # command-line entry points
 ]
 RANK = {pkg: i for i, layer in enumerate(LAYERS) for pkg in layer}

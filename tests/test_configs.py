@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 
 from toolken_plus.cli.configs import group_options
 from toolken_plus.config import CONFIG_DIR, as_config
-from toolken_plus.config.schema import InferConfig, TrainConfig
+from toolken_plus.config.schema import InferConfig, ServeRunConfig, TrainConfig
 from toolken_plus.config.validation import config_problems
 
 # what an option needs set before it can be used (model=hf has no default model)
@@ -25,7 +25,7 @@ def _all_options():
         yield "experiment", path.stem
 
 
-@pytest.mark.parametrize("config_name, cls", [("config", TrainConfig), ("infer", InferConfig)])
+@pytest.mark.parametrize("config_name, cls", [("config", TrainConfig), ("infer", InferConfig), ("serve", ServeRunConfig)])
 @pytest.mark.parametrize("group, option", list(_all_options()))
 def test_every_option_composes_into_valid_typed_config(group, option, config_name, cls):
     cfg = as_config(compose([f"{group}={option}", *REQUIRED.get((group, option), [])], config_name), cls)

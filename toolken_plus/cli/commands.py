@@ -4,6 +4,10 @@
     toolken-plus infer <Hydra overrides…>   answer and score a task's questions; as `python infer.py`
     toolken-plus tools [--json]             every registered tool: name, source package, first doc line
     toolken-plus report DIR… [--out OUT]    one markdown report (tables, PNG plots) of every run under the DIRs
+    toolken-plus serve checkpoint=RUN [serve.port=8765] [overrides]
+                                            an OpenAI-compatible HTTP API (POST /v1/chat/completions, GET /health)
+    toolken-plus chat checkpoint=RUN [overrides]
+                                            a question per line; the agent's reply and tool calls
     toolken-plus COMMAND --help             the command's own help (train, infer: Hydra's)
 """
 
@@ -36,6 +40,8 @@ COMMANDS: dict[str, Command] = {
     "infer": lazy("toolken_plus.cli.infer:main", "answer and score a task's questions with trained toolkens (as infer.py)"),
     "tools": lazy("toolken_plus.cli.list_tools:main", "list every registered tool"),
     "report": lazy("toolken_plus.cli.report:main", "one markdown report across benchmarks and methods"),
+    "serve": lazy("toolken_plus.cli.serve:serve_main", "an OpenAI-compatible HTTP API in front of the agent (Hydra overrides)"),
+    "chat": lazy("toolken_plus.cli.serve:chat_main", "talk to the agent in the terminal (Hydra overrides)"),
 }
 
 

@@ -1,5 +1,6 @@
 """Hydra's view of the configuration: the schemas of toolken_plus/conf/config.yaml
-(TrainConfig) and infer.yaml (InferConfig), and the options of the five
+(TrainConfig), infer.yaml (InferConfig) and serve.yaml
+(ServeRunConfig), and the options of the five
 groups, registered from the classes that define them (one source of truth:
 each option's fields and defaults live in its dataclass).
 
@@ -23,7 +24,7 @@ from omegaconf import OmegaConf
 
 from toolken_plus.backbone import DEFAULT_BACKBONE, HFBackbone, TinyRandomBackbone
 from toolken_plus.config.methods import METHODS
-from toolken_plus.config.schema import InferConfig, TrainConfig
+from toolken_plus.config.schema import InferConfig, ServeRunConfig, TrainConfig
 from toolken_plus.rerank import EmbeddingRerank, LLMRerank, NoRerank
 from toolken_plus.tasks import known_tasks
 from toolken_plus.train.loggers import NoLogger, Wandb
@@ -47,6 +48,7 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(name="infer_schema", node=InferConfig)
+    cs.store(name="serve_schema", node=ServeRunConfig)
     for group, options in group_options().items():
         for name, node in options.items():
             cs.store(group=group, name=name, node=node)

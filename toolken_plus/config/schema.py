@@ -1,8 +1,9 @@
-"""Every option of train.py and infer.py, with its type and default, once.
+"""Every option of train.py, infer.py and `toolken-plus serve|chat`, with its
+type and default, once.
 
 These dataclasses are the single source of truth: Hydra composes them
-(they are registered as the schemas of toolken_plus/conf/config.yaml and infer.yaml,
-which type-checks every override), and the library takes the same objects
+(they are registered as the schemas of toolken_plus/conf/config.yaml, infer.yaml and
+serve.yaml, which type-checks every override), and the library takes the same objects
 without Hydra (`TrainConfig(task=Gsm8kXL(), model=TinyRandomBackbone())`).
 Ranges are checked by `validation.py`.
 
@@ -133,3 +134,26 @@ class TrainConfig(RunConfig):
 @dataclass
 class InferConfig(RunConfig):
     stage: str = "infer"
+
+
+@dataclass
+class ServeConfig:
+    """`toolken-plus serve` (toolken_plus/serve/): the HTTP server in front of the agent."""
+
+    host: str = "127.0.0.1"  # 0.0.0.0 listens on every interface
+    port: int = 8765
+    # Longest user message accepted, in tokens (longer: HTTP 413). None: what the
+    # model's context leaves beside the prompts, agent.max_new_tokens and tool calls;
+    # a number above that is lowered to it.
+    max_prompt_tokens: Optional[int] = None
+    max_batch: int = 16  # requests decoded together (the agent's batch); more wait in the queue
+    max_wait_ms: float = 10.0  # an idle server waits this long after a request for others to start with it
+
+
+@dataclass
+class ServeRunConfig(InferConfig):
+    """`toolken-plus serve` and `toolken-plus chat`: an agent as infer.py builds it (checkpoint=,
+    model=, agent.*, …), and the server's options."""
+
+    stage: str = "serve"
+    serve: ServeConfig = field(default_factory=ServeConfig)

@@ -63,12 +63,16 @@ class Agent:
     def run(self, question: str) -> AgentResult:
         return self.run_batch([question])[0]
 
-    def run_batch(self, questions: list[str], progress: bool | None = None, on_result=None) -> list[AgentResult]:
+    def run_batch(self, questions: list[str], progress: bool | None = None, on_result=None, *, more=None,
+                  batch_size: int | None = None) -> list[AgentResult]:
         """Answer `questions`; the results are in their order. `on_result(index,
         result)` is called as soon as each question finishes (in finishing
-        order), e.g. to write it out before the run ends."""
+        order), e.g. to write it out before the run ends. `more()` (a server's
+        queue) returns questions that arrived meanwhile: they join the run as
+        rows free up, indexed after the others. `batch_size`: rows decoded
+        together (default agent.batch_size)."""
         show = self.cfg.progress if progress is None else progress
-        return self.scheduler.run(questions, self.cfg.batch_size, show, on_result)
+        return self.scheduler.run(questions, batch_size or self.cfg.batch_size, show, on_result, more)
 
     def predict(self, items: list, on_result=None) -> list[AgentResult]:
         """Answer evaluation items (anything with a `question`); see run_batch."""

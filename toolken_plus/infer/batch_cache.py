@@ -25,10 +25,12 @@ class BatchCache:
 
     HEADROOM = 64
 
-    def __init__(self, backbone: Backbone, batch: int):
+    def __init__(self, backbone: Backbone, batch: int, max_batch: int | None = None):
+        """`max_batch`: the most rows it will hold (it may `grow` to it); it
+        decides whether prefixes are shared. Default: `batch`."""
         self.backbone = backbone
         self.batch = batch
-        self.shared = share_prefixes(backbone, batch)
+        self.shared = share_prefixes(backbone, max(batch, max_batch or 0))
         self._set_layers([(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)) for k, v in empty_row(backbone)])
         self.mask = torch.zeros(batch, 0, dtype=torch.long)
         self.lengths = torch.zeros(batch, dtype=torch.long)
@@ -86,6 +88,15 @@ class BatchCache:
         self.mask[i] = 0
         self.lengths[i] = self.offsets[i] = self.skip[i] = 0
         self.prefixes[i] = None
+
+    def grow(self, n: int) -> None:
+        """Add n empty rows at the end (questions arriving during a run)."""
+        self._set_layers([(torch.cat([k, k.new_zeros((n, *k.shape[1:]))]), torch.cat([v, v.new_zeros((n, *v.shape[1:]))]))
+                          for k, v in self._layers()])
+        self.mask = torch.cat([self.mask, self.mask.new_zeros((n, self.width))])
+        self.lengths, self.offsets, self.skip = (torch.cat([t, t.new_zeros(n)]) for t in (self.lengths, self.offsets, self.skip))
+        self.prefixes += [None] * n
+        self.batch += n
 
     def trim(self, slack: int = 64) -> None:
         """Drop leading columns no row uses any more. Every step adds a

@@ -222,9 +222,17 @@ def load_agent(checkpoint: str | Path | None, *, model=None, task: Task | None =
     data = DataConfig(root=str(data_root or default_data_root()))
     cfg = InferConfig(model=model, task=task, reranker=reranker, checkpoint=str(checkpoint) if checkpoint else None,
                       data=data, agent=AgentConfig(**agent_options))
+    return agent_from_config(cfg, backbone, tools=tools, prompt=prompt)
+
+
+def agent_from_config(cfg: InferConfig, backbone: Backbone | None = None, *, tools: Iterable[Tool] | dict[str, Tool] = (),
+                      prompt: FewShotPrompt | str | Path | None = None) -> Agent:
+    """The agent an InferConfig describes (load_agent's, and `toolken-plus
+    serve|chat`'s from their Hydra config); a text task only."""
     validate_config(cfg)
     setup = Inference(cfg, backbone, tools=tools, prompt=prompt)
     if setup.task.mode != "text":
-        raise ValueError(f"{checkpoint} is for the choice task {setup.task.name!r}: the agent loop answers text tasks "
-                         f"(infer.py evaluates choice tasks)")
+        what = f"{cfg.checkpoint} is for" if cfg.checkpoint else "the task is"
+        raise ValueError(f"{what} the {setup.task.mode} task {setup.task.name!r}: the agent loop answers text tasks "
+                         f"(infer.py evaluates {setup.task.mode} tasks)")
     return setup.predictor()

@@ -21,12 +21,12 @@ class ToolCallRecord:
     tool: str
     args_text: str
     args: list | None = None
-    kwargs: dict | None = None  # keyword values the tool was called with, if any (after binding: see tools/calls.py)
     result: str | None = None
     error: str | None = None
     at_char: int = 0  # where the result sits in AgentResult.generation
     seconds: float = 0.0
     truncated_from: int | None = None  # the result's full length in characters, if it was cut to max_result_chars
+    kwargs: dict | None = None  # keyword values the tool was called with, if any (after binding: see tools/calls.py)
 
 
 @dataclass

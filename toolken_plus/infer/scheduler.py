@@ -9,7 +9,9 @@ text so far; calling a tool again in the same question extends that tool's
 kept context by the new text only; a short tool result is fed through the
 next batched decode steps instead of a prefill of its own; when a question
 finishes its row is refilled with the next one (continuous batching), and at
-the tail finished rows are dropped from the batch.
+the tail finished rows are dropped from the batch. Questions may also arrive
+during a run (`more`, a server's queue): they take free rows, and the batch
+grows back to `batch_size` rows for them.
 
 What each row does next is the policy's call (policy.py). Robustness: an
 exception while starting or handling one row finishes that row only
@@ -144,14 +146,18 @@ class Scheduler:
 
     # ----------------------------------------------------------------- run
     @torch.no_grad()
-    def run(self, questions: list[str], batch_size: int, progress: bool, on_result=None) -> list[AgentResult]:
+    def run(self, questions: list[str], batch_size: int, progress: bool, on_result=None, more=None) -> list[AgentResult]:
         """Answer `questions` (results in their order); `on_result(index,
-        result)` as soon as each finishes."""
+        result)` as soon as each finishes. `more()`, if given, is asked before
+        every decode step for questions that arrived since (a list, maybe
+        empty): they join this run, numbered after those before them, and the
+        run ends when no row is left and `more()` has none."""
         policy = self.policy
+        questions = list(questions)
         results: list[AgentResult | None] = [None] * len(questions)
         queue = list(range(len(questions)))[::-1]
         width = max(1, min(batch_size, len(questions)))
-        batch = BatchCache(self.backbone, width)
+        batch = BatchCache(self.backbone, width, max_batch=batch_size if more is not None else None)
         rows: list[Row | None] = [None] * width
         bar = tqdm(total=len(questions), desc="agent", unit="q", disable=not progress)
         issues: Counter = Counter()  # rows cut, skipped, stopped by the context, failed
@@ -242,9 +248,35 @@ class Scheduler:
             done = policy.after_tool_token(rows[slot], int(tokens[slot]))
             return [] if done is None else [Switch(slot, SwitchKind.LEAVE, result=done.result)]
 
+        def admit() -> list[int]:
+            """Questions that arrived join the queue and start in free rows,
+            the batch growing up to `batch_size` rows for them. Returns the
+            slots that need a decision."""
+            nonlocal rows, tokens
+            arrived = list(more())
+            if arrived:
+                first = len(questions)
+                questions.extend(arrived)
+                results.extend([None] * len(arrived))
+                queue[:0] = range(len(questions) - 1, first - 1, -1)  # after those waiting (the queue pops from its end)
+                bar.total += len(arrived)
+                bar.refresh()
+            free = [s for s, r in enumerate(rows) if r is None]
+            add = min(len(queue) - len(free), batch_size - len(rows))
+            if add > 0:
+                batch.grow(add)
+                rows = rows + [None] * add
+                tokens = torch.cat([tokens, tokens.new_full((add,), self.backbone.tokenizer.pad_token_id)])
+                free += range(len(rows) - add, len(rows))
+            return switch([sw for slot in free[: len(queue)] for sw in next_question(slot)]) if queue else []
+
         undecided = switch([sw for slot in range(width) for sw in next_question(slot)])
         tokens = torch.full((width,), self.backbone.tokenizer.pad_token_id, dtype=torch.long)
-        while any(r is not None for r in rows):
+        while True:
+            if more is not None:
+                undecided += admit()
+            if all(r is None for r in rows):
+                break
             # 1. Every row picks its next token; rows that switch context are
             #    prefilled together and then decide again on their new state.
             for _ in range(self.MAX_ROUNDS):
