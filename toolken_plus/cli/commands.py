@@ -11,17 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
-from toolken_plus.config import PROJECT_ROOT
+from toolken_plus.config import default_data_root
+from toolken_plus.data.locate import find_dataset
 from toolken_plus.tools.plugins import GROUP, ToolRegistry, discover_tools
 from toolken_plus.tools.registry import doc_hash
-
-
-def default_data_root() -> Path:
-    return Path(os.environ.get("TOOLKEN_PLUS_DATA") or PROJECT_ROOT.parent / "shared" / "data")
 
 
 def _tool_records(registry: ToolRegistry) -> list[dict]:
@@ -49,6 +45,8 @@ def _shorten(text: str, width: int) -> str:
 
 
 def list_tools(args) -> int:
+    if args.data_root is None:  # the built-in calculator's demos and docs are in gsm8k-xl/
+        args.data_root = find_dataset("gsm8k-xl") or default_data_root()
     registry = discover_tools(args.data_root)
     records = _tool_records(registry)
     problems = [str(p) for p in registry.problems] + [registry.conflict_message(n) for n in registry.conflicts]
@@ -77,8 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
         description=f"List every tool installed through the entry-point group {GROUP!r} (built-in packs included). "
                     "Exit status 1 when a plugin failed to load or two tools share a name (reported on stderr).")
     tools.add_argument("--json", action="store_true", help="machine-readable output: full docs, doc hashes, argument schemas")
-    tools.add_argument("--data-root", type=Path, default=default_data_root(),
-                       help="data folder for packs whose demos/docs live there (default: $TOOLKEN_PLUS_DATA or ../shared/data)")
+    tools.add_argument("--data-root", type=Path, default=None,
+                       help="data folder for packs whose demos/docs live there (default: the first folder holding "
+                            "gsm8k-xl/, see `toolken-plus data where`)")
     tools.set_defaults(run=list_tools)
     # Imported here, not at the top: toolken_plus.cli imports this module, and `python -m
     # toolken_plus.cli.compare` (which report imports) warns when the package loaded it already.

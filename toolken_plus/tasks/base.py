@@ -79,6 +79,9 @@ class Task:
     compare_columns: ClassVar[tuple] = ()
     # What every method shares when evaluated on this task (toolken-plus report states it under each table)
     eval_conditions: ClassVar[str] = ""
+    # The datasets (data folders, data/manifest.py) it reads through its data root, which is the first
+    # folder holding them (data/locate.py); () = data.root as given (task=custom: your own files)
+    datasets: ClassVar[tuple[str, ...]] = ()
 
     # ------------------------------------------------------------ training
     def load(self, data) -> TaskData:
