@@ -1,18 +1,154 @@
-"""Data without the project's data folder: the data folders' lookup order,
-the error for a missing dataset, and the shipped manifest against the real
-data."""
+"""Data without the project's data folder: `toolken-plus data download`
+against a local HTTP server serving the fixture data, the data folders'
+lookup order, the error for a missing dataset, and the shipped manifest
+against the real data."""
 
+import functools
+import hashlib
+import http.server
 import re
 import shutil
+import threading
+from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from conftest import FIXTURE_DATA
 
+from toolken_plus.cli import main as cli_main
 from toolken_plus.config.schema import DataConfig
 from toolken_plus.data import locate, manifest
+from toolken_plus.data.download import DownloadError, data_main, download
 from toolken_plus.data.locate import task_root
+from toolken_plus.data.manifest import File
 from toolken_plus.tasks.gsm8k_xl import Gsm8kXL
 from toolken_plus.tasks.metatool import MetaTool
+
+FIXTURE_FILES = sorted(str(p.relative_to(FIXTURE_DATA)) for p in FIXTURE_DATA.rglob("*") if p.is_file() and p.name != "README.md")
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def server(tmp_path, monkeypatch):
+    """A threaded HTTP server on localhost serving a copy of the fixture data
+    (the data folder's layout); yields its base URL and folder."""
+    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    served = tmp_path / "served"
+    shutil.copytree(FIXTURE_DATA, served, ignore=shutil.ignore_patterns("README.md"))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(served)))
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}", served
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join()
+
+
+def fixture_manifest(base_url: str, folder: Path) -> list[File]:
+    """A manifest of the fixture files, pointing at the test server."""
+    return [File(p, f"{base_url}/{quote(p)}", hashlib.sha256((folder / p).read_bytes()).hexdigest(), (folder / p).stat().st_size,
+                 "test") for p in FIXTURE_FILES]
+
+
+
+def _leftovers(folder: Path) -> list[Path]:
+    return [p for p in folder.rglob("*") if p.name.endswith(".part") or p.name == ".partial"]
+
+
+# ------------------------------------------------------------------ download
+def test_download_writes_identical_files_and_a_rerun_skips_them(server, tmp_path):
+    base, served = server
+    files, out, lines = fixture_manifest(base, served), tmp_path / "out", []
+    assert download(files, out, progress=lines.append) == {"downloaded": len(files), "skipped": 0}
+    for p in FIXTURE_FILES:
+        assert (out / p).read_bytes() == (FIXTURE_DATA / p).read_bytes(), p
+    assert len(lines) == len(files) and all(line.endswith("downloaded, sha256 ok") for line in lines)
+    assert lines[0].startswith(f"[ 1/{len(files)}] {files[0].path} (")
+    assert not _leftovers(out)
+
+    lines.clear()
+    assert download(files, out, progress=lines.append) == {"downloaded": 0, "skipped": len(files)}
+    assert all(line.endswith("present, sha256 ok") for line in lines)
+
+    damaged = out / "metatool" / "plugin_des.json"  # a changed file is fetched again
+    damaged.write_text("{}")
+    lines.clear()
+    assert download(files, out, progress=lines.append) == {"downloaded": 1, "skipped": len(files) - 1}
+    assert damaged.read_bytes() == (FIXTURE_DATA / "metatool" / "plugin_des.json").read_bytes()
+    assert [line for line in lines if "replaces a file that differed" in line] == [
+        line for line in lines if "metatool/plugin_des.json" in line]
+
+
+def test_a_wrong_checksum_is_refused_naming_the_file_and_nothing_is_left(server, tmp_path):
+    base, served = server
+    files = fixture_manifest(base, served)
+    bad = next(i for i, f in enumerate(files) if f.path == "metatool/plugin_des.json")
+    files[bad] = File(files[bad].path, files[bad].url, "0" * 64, files[bad].size, "test")
+    out = tmp_path / "out"
+    with pytest.raises(DownloadError, match=r"metatool/plugin_des\.json: checksum mismatch, refused") as err:
+        download(files, out, progress=lambda line: None)
+    assert str(files[bad].url) in str(err.value) and "0" * 64 in str(err.value)
+    assert not (out / "metatool" / "plugin_des.json").exists() and not _leftovers(out)
+    assert (out / "metatool" / "data" / "all_clean_data.csv").is_file()  # the others are in place
+
+    # a file longer than the manifest says is cut off and refused as well
+    files[bad] = File(files[bad].path, files[bad].url, files[bad].sha256, 10, "test")
+    with pytest.raises(DownloadError, match=r"metatool/plugin_des\.json: .* sends more than the expected 10 bytes"):
+        download(files, out, progress=lambda line: None)
+    assert not (out / "metatool" / "plugin_des.json").exists() and not _leftovers(out)
+
+
+def test_a_missing_file_on_the_server_is_a_clear_error(server, tmp_path):
+    base, served = server
+    files = fixture_manifest(base, served)
+    (served / "vh" / "func_dict.json").unlink()
+    lines = []
+    with pytest.raises(DownloadError, match=r"1 of \d+ files not downloaded:\n  vh/func_dict\.json: HTTP 404 .* from http://127") as err:
+        download(files, tmp_path / "out", progress=lines.append)
+    assert f"{base}/vh/func_dict.json" in str(err.value)
+    assert [line for line in lines if "FAILED" in line] == [line for line in lines if "vh/func_dict.json" in line]
+    assert not (tmp_path / "out" / "vh").exists() and not _leftovers(tmp_path / "out")
+
+
+def test_an_unreachable_server_is_a_clear_error(tmp_path, monkeypatch):
+    for var in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    files = [File("vh/func_dict.json", "http://127.0.0.1:9/vh/func_dict.json", "0" * 64, 1, "test")]  # port 9: nothing listens
+    with pytest.raises(DownloadError, match=r"vh/func_dict\.json: cannot reach http://127\.0\.0\.1:9/.*--base-url"):
+        download(files, tmp_path / "out", progress=lambda line: None)
+    assert not (tmp_path / "out").exists()  # made for the download, removed as it stayed empty
+
+
+def test_the_command_downloads_only_the_datasets_named(server, tmp_path, monkeypatch, capsys):
+    base, served = server
+    monkeypatch.setattr(manifest, "FILES", tuple(fixture_manifest("http://unused.invalid", served)))  # --base-url replaces it
+    out = tmp_path / "out"
+    assert data_main(["download", "--to", str(out), "--only", "metatool", "virtualhome", "--base-url", base]) == 0
+    text = capsys.readouterr().out
+    got = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert got == [p for p in FIXTURE_FILES if p.startswith(("metatool/", "vh/"))]
+    assert text.count("downloaded, sha256 ok") == len(got) and f"data.root={out}" in text
+
+    # the same through `toolken-plus`
+    assert cli_main(["data", "download", "--to", str(out), "--only", "gsm8k_xl", "--base-url", base]) == 0
+    assert (out / "gsm8k" / "train.jsonl").is_file() and (out / "gsm8k-xl" / "test.json").is_file()
+
+    (served / "gsm8k" / "train.jsonl").write_text("changed on the server\n")
+    (out / "gsm8k" / "train.jsonl").unlink()
+    assert data_main(["download", "--to", str(out), "--base-url", base]) == 1
+    err = capsys.readouterr().err
+    assert "gsm8k/train.jsonl: checksum mismatch" in err and not (out / "gsm8k" / "train.jsonl").exists()
+
+    assert data_main(["download", "--only", "nonsense"]) == 2
+    assert "unknown dataset 'nonsense': choose from gsm8k, gsm8k-xl, metatool, vh" in capsys.readouterr().err
 
 
 # -------------------------------------------------------------------- lookup
@@ -88,6 +224,24 @@ def test_a_missing_dataset_names_the_command_that_gets_it(tmp_path, monkeypatch)
                                               r"train\.jsonl\)\. Download it with `toolken-plus data download --only gsm8k`"):
         Gsm8kXL(n_val=8).load(DataConfig())
     assert Gsm8kXL().eval_items(DataConfig(limit_eval=2))  # evaluation needs gsm8k-xl only
+
+
+def test_where_and_list_show_the_search_order_and_each_dataset(tmp_path, monkeypatch, capsys):
+    roots = _roots(tmp_path, monkeypatch, "vh")
+    shutil.rmtree(roots["env"] / "vh")
+    assert data_main(["where"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"1\. data\.root +not set\n +2\. \$TOOLKEN_PLUS_DATA +.*env: no dataset\n +3\. \.\./shared/data +.*shared: vh\n", out)
+    assert re.search(r"metatool +not found: toolken-plus data download --only metatool\n", out)
+    assert f"vh        {roots['shared']} (../shared/data)" in out
+    assert data_main(["where", "--data-root", str(roots["config"])]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"2\. \$TOOLKEN_PLUS_DATA +not searched", out) and f"vh        {roots['config']} (data.root)" in out
+    assert cli_main(["data", "list", "--files"]) == 0
+    out = capsys.readouterr().out
+    for d in manifest.DATASETS:
+        assert f"{d.name}: {d.title}" in out
+    assert "HowieHwong/MetaTool @ 35e81bb7576826e980c80fed8f8c0a2b4a1e6fbb" in out and "virtualhome-eval" in out
 
 
 # ------------------------------------------------------------ the manifest

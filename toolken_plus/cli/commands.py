@@ -5,6 +5,9 @@
     toolken-plus report DIR… [--out OUT]
                                        one markdown report (tables, PNG plots) of every train.py and
                                        infer.py run under the DIRs, in OUT/report.md (default reports/)
+    toolken-plus data download [--to DIR] [--only NAME…] [--base-url URL]
+                                       fetch the datasets from their public sources, sha256-checked
+    toolken-plus data list | where     each dataset, its source and licence, where it is found
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import sys
 from pathlib import Path
 
 from toolken_plus.config import default_data_root
+from toolken_plus.data import download as data_download
 from toolken_plus.data.locate import find_dataset
 from toolken_plus.tools.plugins import GROUP, ToolRegistry, discover_tools
 from toolken_plus.tools.registry import doc_hash
@@ -87,6 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
                          description=report.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     report.add_arguments(rep)
     rep.set_defaults(run=report.run)
+    dat = sub.add_parser("data", help="download the datasets, list them, show where they are read from",
+                         description=data_download.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    data_download.add_arguments(dat)
+    dat.set_defaults(run=data_download.run)
     return parser
 
 
