@@ -8,6 +8,9 @@
                                             an OpenAI-compatible HTTP API (POST /v1/chat/completions, GET /health)
     toolken-plus chat checkpoint=RUN [overrides]
                                             a question per line; the agent's reply and tool calls
+    toolken-plus data download [--to DIR] [--only NAME…] [--base-url URL]
+                                            fetch the datasets from their public sources, sha256-checked
+    toolken-plus data list | where          each dataset, its source and licence, where it is found
     toolken-plus COMMAND --help             the command's own help (train, infer: Hydra's)
 """
 
@@ -42,6 +45,7 @@ COMMANDS: dict[str, Command] = {
     "report": lazy("toolken_plus.cli.report:main", "one markdown report across benchmarks and methods"),
     "serve": lazy("toolken_plus.cli.serve:serve_main", "an OpenAI-compatible HTTP API in front of the agent (Hydra overrides)"),
     "chat": lazy("toolken_plus.cli.serve:chat_main", "talk to the agent in the terminal (Hydra overrides)"),
+    "data": lazy("toolken_plus.data.download:data_main", "download the datasets, list them, show where they are read from"),
 }
 
 

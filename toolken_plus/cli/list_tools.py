@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from toolken_plus.config import default_data_root
+from toolken_plus.data.locate import find_dataset
 from toolken_plus.tools.plugins import GROUP, ToolRegistry, discover_tools
 from toolken_plus.tools.registry import doc_hash
 
@@ -41,6 +42,8 @@ def _shorten(text: str, width: int) -> str:
 
 
 def list_tools(args) -> int:
+    if args.data_root is None:  # the built-in calculator's demos and docs are in gsm8k-xl/
+        args.data_root = find_dataset("gsm8k-xl") or default_data_root()
     registry = discover_tools(args.data_root)
     records = _tool_records(registry)
     problems = [str(p) for p in registry.problems] + [registry.conflict_message(n) for n in registry.conflicts]
@@ -67,8 +70,9 @@ def main(argv: list[str] | None = None) -> int:
         description=f"List every tool installed through the entry-point group {GROUP!r} (built-in packs included). "
                     "Exit status 1 when a plugin failed to load or two tools share a name (reported on stderr).")
     parser.add_argument("--json", action="store_true", help="machine-readable output: full docs, doc hashes, argument schemas")
-    parser.add_argument("--data-root", type=Path, default=default_data_root(),
-                        help="data folder for packs whose demos/docs live there (default: $TOOLKEN_PLUS_DATA or ../shared/data)")
+    parser.add_argument("--data-root", type=Path, default=None,
+                        help="data folder for packs whose demos/docs live there (default: the first folder holding "
+                             "gsm8k-xl/, see `toolken-plus data where`)")
     return list_tools(parser.parse_args(argv))
 
 

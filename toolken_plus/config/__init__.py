@@ -20,7 +20,9 @@ T = TypeVar("T")
 
 
 def default_data_root() -> Path:
-    """Where datasets are read from unless `data.root` says otherwise."""
+    """$TOOLKEN_PLUS_DATA, else ../shared/data beside the project: the data
+    folder for files outside the known datasets (task=custom) when `data.root`
+    is unset. Datasets are looked up in several folders: data/locate.py."""
     return Path(os.environ.get("TOOLKEN_PLUS_DATA") or PROJECT_ROOT.parent / "shared" / "data")
 
 
@@ -30,6 +32,8 @@ def default_cache_dir() -> Path:
 
 
 def data_root(data) -> Path:
+    """data.root, else default_data_root(): where files outside the known
+    datasets are read (a task's datasets: data/locate.py, task_root)."""
     return Path(data.root) if data.root else default_data_root()
 
 

@@ -21,8 +21,9 @@ from typing import Any, Optional
 
 @dataclass
 class DataConfig:
-    # Datasets are read from here, never downloaded. None: $TOOLKEN_PLUS_DATA,
-    # else ../shared/data beside the project.
+    # The data folder: when set, the only one searched. None: each dataset from the first of
+    # $TOOLKEN_PLUS_DATA, ../shared/data beside the project and the download dir (`toolken-plus
+    # data download`) that holds it (data/locate.py). Nothing is downloaded at run time.
     root: Optional[str] = None
     limit_train: Optional[int] = None  # first N training examples (after the validation split)
     limit_eval: Optional[int] = None  # first N validation examples (train.py) or evaluation items (infer.py)

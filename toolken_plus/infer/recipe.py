@@ -18,10 +18,11 @@ from typing import Iterable
 from toolken_plus.adapter import ToolkenConfig, ToolkenHead, apply_lora, checkpoint_tools
 from toolken_plus.adapter.text_run import TextRunRecord
 from toolken_plus.backbone import DEFAULT_BACKBONE, SMOLLM2_135M, Backbone, build_backbone
-from toolken_plus.config import as_config, cache_dir, data_root, default_data_root, to_plain
+from toolken_plus.config import as_config, cache_dir, to_plain
 from toolken_plus.config.methods import METHODS, ToolkensMethod
 from toolken_plus.config.schema import AgentConfig, DataConfig, InferConfig
 from toolken_plus.config.validation import validate_config
+from toolken_plus.data.locate import task_root
 from toolken_plus.data.prompts import SLOT, FewShotPrompt
 from toolken_plus.infer.agent import Agent
 from toolken_plus.infer.choice import ChoicePredictor
@@ -56,7 +57,7 @@ class Inference:
         if self.method.name == "toolkens" and agent.use_tools and self.saved is None:
             raise ValueError("checkpoint=<run dir of train.py> is required (or agent.setting=no_tools, or method=icl)")
         self.task = self._task(cfg.task)
-        self.root = data_root(cfg.data)
+        self.root = task_root(cfg.data, self.task)
         if backbone is None and not agent.gold_plans:  # gold plans need no model
             t0 = time.perf_counter()
             backbone = build_backbone(self._model_spec(cfg.model), cache_dir(cfg))
@@ -219,7 +220,7 @@ def load_agent(checkpoint: str | Path | None, *, model=None, task: Task | None =
     """
     agent_options.setdefault("setting", "toolkens" if checkpoint else "no_tools")
     agent_options.setdefault("progress", False)
-    data = DataConfig(root=str(data_root or default_data_root()))
+    data = DataConfig(root=str(data_root) if data_root else None)  # None: each dataset where it is found
     cfg = InferConfig(model=model, task=task, reranker=reranker, checkpoint=str(checkpoint) if checkpoint else None,
                       data=data, agent=AgentConfig(**agent_options))
     return agent_from_config(cfg, backbone, tools=tools, prompt=prompt)

@@ -83,6 +83,9 @@ class Task:
     # decision is tuned for; stage 2 weighs validation no-call positions to it
     # when calibrating Reject (rerank/llm.py). None: as validation has them.
     call_prior: ClassVar[float | None] = None
+    # The datasets (data folders, data/manifest.py) it reads through its data root, which is the first
+    # folder holding them (data/locate.py); () = data.root as given (task=custom: your own files)
+    datasets: ClassVar[tuple[str, ...]] = ()
 
     # ------------------------------------------------------------ training
     def load(self, data) -> TaskData:

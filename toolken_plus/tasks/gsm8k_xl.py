@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from toolken_plus.config import data_root
+from toolken_plus.data.locate import data_file, task_root
 from toolken_plus.data.prompts import FewShotPrompt
 from toolken_plus.data.text_examples import TextExample
 from toolken_plus.tasks import gsm8k
@@ -82,12 +82,14 @@ class Gsm8kXL(TextTask):
         "(llama_general.txt); icl the tools' docs and its in-context demos (llama_func.txt); lora the instruction line "
         "and the question only, as it was trained.")
     eval_sets: ClassVar[tuple[str, ...]] = ("test",)
+    datasets: ClassVar[tuple[str, ...]] = ("gsm8k-xl",)  # test set, prompts, tool docs; train_file is in gsm8k/
 
     # ------------------------------------------------------------ training
     def load(self, data) -> TaskData:
-        root = data_root(data)
+        train_file = data_file(data, self.train_file)
+        root = task_root(data, self)
         stats = gsm8k.Gsm8kStats()
-        examples = gsm8k.load_gsm8k(root / self.train_file, stats=stats)
+        examples = gsm8k.load_gsm8k(train_file, stats=stats)
         train, val = gsm8k.split_train_val(examples, self.n_val, self.split_seed)
         docs = {name: tool.doc for name, tool in self.build_tools(root).items()}
         return TaskData(
@@ -143,7 +145,7 @@ class Gsm8kXL(TextTask):
         return extract_answer(text)
 
     def eval_items(self, data) -> list[EvalItem]:
-        path = data.eval_file or data_root(data) / self.test_file
+        path = data.eval_file or task_root(data, self) / self.test_file
         return [EvalItem(r["id"], r["question"], r["label"], {"reference_tools": r["reference_tools"]})
                 for r in gsm8k.load_gsm8k_xl_test(path, limit=data.limit_eval)]
 

@@ -27,10 +27,10 @@ from typing import ClassVar
 
 import numpy as np
 
-from toolken_plus.config import data_root
 from toolken_plus.data.encoding import IGNORE, VOCAB, Encoded
 from toolken_plus.data.examples import DataError
 from toolken_plus.data.jsonl import find_lone_surrogate, lone_surrogate_reason, read_json, read_json_or_jsonl, read_utf8
+from toolken_plus.data.locate import task_root
 from toolken_plus.data.text_examples import TextExample
 from toolken_plus.tasks.base import ChoiceTask, EvalItem, TaskData, limit
 from toolken_plus.tools.registry import Tool
@@ -238,6 +238,7 @@ class MetaTool(ChoiceTask):
                                         ("false_positive_calls", "false-positive calls", "{}"), ("seconds", "wall s", "{}"))
     # selection: the held-out split; awareness: Task1's held-out half (tool needed or not); val
     eval_sets: ClassVar[tuple[str, ...]] = ("selection", "awareness", "val")
+    datasets: ClassVar[tuple[str, ...]] = ("metatool",)
 
     @property
     def shared_prefix(self) -> str:
@@ -254,7 +255,7 @@ class MetaTool(ChoiceTask):
         return split_metatool(queries, awareness, val_frac=self.val_frac, test_frac=self.test_frac, seed=self.split_seed)
 
     def load(self, data) -> TaskData:
-        root = data_root(data)
+        root = task_root(data, self)
         split, docs = self.split(root), self.docs(root)
         return TaskData(list(docs), docs, limit(split.train, data.limit_train), limit(split.val, data.limit_eval),
                         notes=split.notes)
@@ -306,7 +307,7 @@ class MetaTool(ChoiceTask):
         return query_text(item.question)
 
     def eval_items(self, data) -> list[EvalItem]:
-        root = data_root(data)
+        root = task_root(data, self)
         if data.eval_file:
             examples = load_queries_csv(data.eval_file, self.docs(root), prefix="eval")
         else:

@@ -57,8 +57,8 @@ from typing import ClassVar, Optional
 
 import numpy as np
 
-from toolken_plus.config import data_root
 from toolken_plus.data.encoding import IGNORE, Encoded
+from toolken_plus.data.locate import task_root
 from toolken_plus.data.text_examples import TextExample
 from toolken_plus.tasks.base import EvalItem, PlanTask, TaskData, limit
 from toolken_plus.tasks.virtualhome_sim import (
@@ -214,6 +214,7 @@ class VirtualHome(PlanTask):
 
     eval_sets: ClassVar[tuple[str, ...]] = ("test", "val")
     main_metric: ClassVar[str] = "success_rate"
+    datasets: ClassVar[tuple[str, ...]] = ("vh",)  # the toolkens; the programs are in the virtualhome-eval package
     eval_conditions: ClassVar[str] = (
         "Every method writes a plan for the same test programs, from the same task header (title, description, "
         "the scene's objects); a plan stops at [END] or after 30 steps (text methods: at most 308 greedy tokens). "
@@ -273,7 +274,7 @@ class VirtualHome(PlanTask):
         return self.prefix_text(root)
 
     def _use_root(self, data) -> Path:
-        root = data_root(data)
+        root = task_root(data, self)
         self.__dict__["_root"] = root  # not a dataclass field: not part of the task's config
         return root
 

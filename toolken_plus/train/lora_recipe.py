@@ -20,8 +20,9 @@ from pathlib import Path
 
 from toolken_plus.adapter.text_run import TextRunRecord
 from toolken_plus.backbone import DEFAULT_BACKBONE, backbone_spec, build_backbone
-from toolken_plus.config import cache_dir, data_root, to_plain
+from toolken_plus.config import cache_dir, to_plain
 from toolken_plus.config.validation import validate_config
+from toolken_plus.data.locate import task_root
 from toolken_plus.tasks import Task
 from toolken_plus.train.loggers import build_logger
 from toolken_plus.train.lora import LoraTrainer
@@ -49,7 +50,7 @@ class TrainLoraRecipe(Recipe):
             log.info(note)
         if not self.data.train:
             raise ValueError("no training examples (check data.limit_train and the data files)")
-        root = data_root(cfg.data)
+        root = task_root(cfg.data, self.task)
         self.train_text = self.task.text_examples(self.data.train, root)
         self.val_text = self.task.text_examples(self.data.val, root)
         self.model_spec = cfg.model or DEFAULT_BACKBONE

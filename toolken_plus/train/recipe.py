@@ -23,9 +23,10 @@ import torch
 
 from toolken_plus.adapter import ToolkenHead
 from toolken_plus.backbone import DEFAULT_BACKBONE, Backbone, backbone_spec, build_backbone
-from toolken_plus.config import as_config, cache_dir, data_root, to_plain
+from toolken_plus.config import as_config, cache_dir, to_plain
 from toolken_plus.config.schema import TrainConfig
 from toolken_plus.config.validation import validate_config
+from toolken_plus.data.locate import task_root
 from toolken_plus.rerank import NoRerank
 from toolken_plus.rundir import RunDirLock, atomic_write
 from toolken_plus.tasks import Task
@@ -93,7 +94,7 @@ class TrainToolkensRecipe(Recipe):
             self.backbone = build_backbone(self.model_spec, cache_dir(cfg))
             log.info("backbone %s loaded in %.1f s", self.backbone.name, time.perf_counter() - t0)
         if self.addition:
-            self.addition.check(self.data, self.task.name, self.backbone, data_root(cfg.data))
+            self.addition.check(self.data, self.task.name, self.backbone, task_root(cfg.data, self.task))
         tool_names = self.addition.tool_names if self.addition else self.data.tool_names
         tool_index = {n: i for i, n in enumerate(tool_names)}
         max_len = cfg.data.max_length
