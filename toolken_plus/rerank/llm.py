@@ -245,12 +245,16 @@ def call_counts(margin: torch.Tensor, data: RerankSet, n_tools: int, weights: to
 
 def call_metrics(margin: torch.Tensor, data: RerankSet, n_tools: int, weights: torch.Tensor, shift: float,
                  prefix: str) -> dict[str, float]:
+    """Call recall, precision and F1 as weighted for the calibration (by the
+    task's call prior), and the false-positive calls as a plain count of the
+    mined no-call positions that still call."""
     hits, false_pos, due = call_counts(margin, data, n_tools, weights, shift)
     recall = hits / due if due else 0.0
     precision = hits / (hits + false_pos) if hits + false_pos else 0.0
     f1 = 2 * hits / (hits + false_pos + due) if due else 0.0
+    fp_count = call_counts(margin, data, n_tools, torch.ones_like(weights), shift)[1]
     return {f"{prefix}call_recall": recall, f"{prefix}call_precision": precision, f"{prefix}call_f1": f1,
-            f"{prefix}false_positive_calls": false_pos}
+            f"{prefix}false_positive_calls": fp_count}
 
 
 def calibrate_reject_bias(weight: torch.Tensor, data: RerankSet, n_tools: int, mix: float, weights: torch.Tensor,
