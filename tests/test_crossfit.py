@@ -15,8 +15,10 @@ from toolken_plus.rerank.llm import (
     LLMRerank,
     LLMReranker,
     RerankSet,
+    calibrate_call,
     calibrate_mix,
     calibrate_reject_bias,
+    call_f1,
     call_counts,
     reject_margins,
     rerank_metrics,
@@ -118,6 +120,10 @@ def test_mix_zero_decides_as_stage1_and_mix_one_as_the_reranker(tiny_backbone):
     # with a Reject shift, mix 0 is stage 1 with a stricter trigger: subtract's margin over calling nothing is 0.5
     assert LLMReranker(tiny_backbone, w, TOOLS, docs, k=3, mix=0.0, reject_bias=1.0).rank(q, cands)[0].is_reject
     assert LLMReranker(tiny_backbone, w, TOOLS, docs, k=3, mix=0.0, reject_bias=0.4).rank(q, cands)[0].tool == "subtract"
+    # the call decision on its own mix: stage 1 selects (subtract), the reranker says whether to call (no: Reject)
+    assert LLMReranker(tiny_backbone, w, TOOLS, docs, k=3, mix=0.0, call_mix=1.0).rank(q, cands)[0].is_reject
+    # and the other way round: stage 1 decides to call, the reranker picks the tool (add)
+    assert LLMReranker(tiny_backbone, w, TOOLS, docs, k=3, mix=1.0, call_mix=0.0).rank(q, cands)[0].tool == "add"
     alone = LLMReranker(tiny_backbone, w, TOOLS, docs, k=3, mix=1.0).rank(q, cands)
     assert alone[0].is_reject and alone[1].tool == "add"
 
@@ -190,6 +196,31 @@ def test_reject_shift_cuts_false_positive_calls_within_the_recall_budget():
     assert ((pred == 2) == (m < shift)).all()
 
 
+def test_call_mix_lets_the_reranker_decide_calls_where_stage1_cannot_tell():
+    """Stage 1's margins rank false positives among gold calls (a threshold
+    cannot cut them without losing calls); the reranker's Reject score
+    separates them. The calibrated call decision uses the reranker, and its
+    F1 is never below the threshold-only one (call_mix 0 is in the grid)."""
+    n_tools, n = 2, 8
+    labels = torch.tensor([0, 1, 0, 1, 2, 2, 2, 0])  # 2 = Reject
+    g = torch.eye(n)
+    weight = torch.zeros(n_tools + 1, n)
+    for i, lab in enumerate(labels.tolist()):
+        weight[0, i] = 1.0  # the best candidate scores 1 …
+        weight[n_tools, i] = 3.0 if lab == n_tools else -3.0  # … and Reject 3 at false positives, −3 at gold calls
+    stage1 = torch.zeros(n, n_tools + 1)
+    stage1[:, 0] = torch.tensor([0.5, 0.1, 0.9, 0.3, 0.6, 0.2, 0.8, 0.4])  # interleaved: no threshold separates
+    data = RerankSet(g, torch.ones(n, n_tools + 1, dtype=torch.bool), labels, stage1=stage1,
+                     triggered=torch.ones(n, dtype=torch.bool))
+    w = torch.ones(n)
+    threshold_only = call_f1(reject_margins(weight, data, 0.0), data, n_tools, w,
+                             calibrate_reject_bias(weight, data, n_tools, 0.0, w, max_recall_drop=0.0))
+    call_mix, shift = calibrate_call(weight, data, n_tools, w, max_recall_drop=0.0)
+    assert call_mix > 0 and call_f1(reject_margins(weight, data, call_mix), data, n_tools, w, shift) == 1.0 > threshold_only
+    pred = rerank_predictions(weight, data, mix=0.0, reject_bias=shift, call_mix=call_mix)
+    assert ((pred == n_tools) == (labels == n_tools)).all()
+
+
 def test_reject_shift_counts_only_positions_where_stage1_calls():
     # a gold position stage 1 never triggered is a lost call whatever stage 2 says
     weight, data = _reject_set([2.0, 2.0, 0.5], [0, 1, 2], [True, False, True])
@@ -223,3 +254,7 @@ def test_reject_shift_is_stored_and_old_checkpoints_keep_none():
     Head.rerank_config = {"name": "llm"}  # a checkpoint from before the mix and the shift
     assert (LLMRerank().build(None, Head(), {}).mix, LLMRerank().build(None, Head(), {}).reject_bias) == (1.0, 0.0)
     assert LLMRerank(reject_bias=-2.0).build(None, Head(), {}).reject_bias == -2.0  # an override wins
+    Head.rerank_config = {"name": "llm", "mix": 0.3, "reject_bias": 0.5, "call_mix": 0.9}
+    assert LLMRerank().build(None, Head(), {}).call_mix == 0.9
+    Head.rerank_config = {"name": "llm", "mix": 0.3, "reject_bias": 0.5}  # before call_mix: the call is made on the mix
+    assert LLMRerank().build(None, Head(), {}).call_mix == 0.3

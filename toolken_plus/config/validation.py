@@ -131,6 +131,7 @@ RULES: dict[str, tuple[Callable, str]] = {
     "reranker.folds": integer(2),
     "reranker.mix": number(0, 1, optional=True),
     "reranker.reject_bias": number(optional=True),
+    "reranker.call_mix": number(0, 1, optional=True),
     "reranker.max_recall_drop": number(0, 1),
     "serve.port": integer(0, 65535),
     "serve.max_prompt_tokens": integer(1, optional=True),

@@ -17,15 +17,21 @@ accuracy (gold tools and Rejects) among the mixes whose tool accuracy is not
 below stage 1's, so on validation Toolken+ never selects worse than stage 1
 and Reject is an addition to it.
 
-The call decision is then calibrated on its own (`reject_bias`, added to
-Reject's final score): the shift with the best call F1 on validation (a call
-where a tool is due is a hit, a call where none is, a false positive) among
-those that keep call recall within `max_recall_drop` of stage 1's. The
-task may state the share of tool-needing decisions its evaluation has
-(`Task.call_prior`, MetaTool's awareness test: one half), and the no-call
-positions are weighted to it. mix 0 with a calibrated shift is stage 1
-with a stricter trigger: the ablation that tells the reranker's part in
-Reject from the threshold's (reported as `val_threshold_only/`).
+Whether to call at all is a separate decision with its own weight,
+`call_mix`: a tool is called iff, on the scores mixed with `call_mix`, the
+best candidate beats Reject by at least `reject_bias`; which tool, is the
+best candidate on the scores mixed with `mix`. Both are chosen on
+validation: for each call_mix of the grid, the shift with the best call
+F1 (a call where a tool is due is a hit, a call where none is, a false
+positive) among those that keep call recall within `max_recall_drop` of
+stage 1's; then the call_mix with the best F1. The task may state the share
+of tool-needing decisions its evaluation has (`Task.call_prior`, MetaTool's
+awareness test: one half), and the no-call positions are weighted to it.
+call_mix 0 with a calibrated shift is stage 1 with a stricter trigger: the
+ablation that tells the reranker's part in Reject from the threshold's
+(reported as `val_threshold_only/`), and a candidate of the grid, so on
+validation the chosen decision is never below it. call_mix = mix with no
+shift is the single mixed score of before (old checkpoints).
 """
 
 from __future__ import annotations
@@ -65,7 +71,7 @@ class LLMReranker(RankOne):
 
     def __init__(self, backbone, rerank_weight: torch.Tensor, tool_names: list[str],
                  tool_docs: dict[str, str], k: int = 3, max_doc_chars: int = 200, mix: float = 1.0,
-                 reject_bias: float = 0.0):
+                 reject_bias: float = 0.0, call_mix: float | None = None):
         if rerank_weight.shape[0] != len(tool_names) + 1:
             raise ValueError(f"W_r has {rerank_weight.shape[0]} rows; expected {len(tool_names)} tools + Reject")
         self.backbone = backbone
@@ -75,7 +81,8 @@ class LLMReranker(RankOne):
         self.k = k
         self.max_doc_chars = max_doc_chars
         self.mix = mix  # weight of W_r g against stage 1's margins (module docstring)
-        self.reject_bias = reject_bias  # added to Reject's final score (module docstring)
+        self.reject_bias = reject_bias  # the margin over Reject a call needs (module docstring)
+        self.call_mix = mix if call_mix is None else call_mix  # the mix the call decision is made on
         self._block_ids: dict[tuple, list[int]] = {}
 
     @property
@@ -97,32 +104,32 @@ class LLMReranker(RankOne):
         return torch.stack([h for _, _, h in out])
 
     def rankings(self, g: torch.Tensor, candidates: list[list[int]], contexts: list[RerankContext]) -> list[list[Ranked]]:
-        stage1 = torch.stack([stage1_margins(c.scores, c.trigger_at) for c in contexts]) if self.mix < 1 else None
-        logits = mixed_logits(g, self.weight, stage1, self.mix, self.reject_bias)
+        need_stage1 = min(self.mix, self.call_mix) < 1
+        stage1 = torch.stack([stage1_margins(c.scores, c.trigger_at) for c in contexts]) if need_stage1 else None
+        select = mixed_logits(g, self.weight, stage1, self.mix)
+        call = select if self.call_mix == self.mix else mixed_logits(g, self.weight, stage1, self.call_mix)
         out = []
-        for row, cands in zip(logits, candidates):
-            s = masked_scores(row, candidate_mask(cands, self.n_tools))
-            out.append(ranking(self.tool_names, cands, [float(s[i]) for i in cands], float(s[self.n_tools])))
+        for row, call_row, cands in zip(select, call, candidates):
+            mask = candidate_mask(cands, self.n_tools)
+            s, c = masked_scores(row, mask), masked_scores(call_row, mask)
+            # Reject's score puts it above the best tool exactly when the call decision says no call
+            margin = float(c[cands].max() - c[self.n_tools]) - self.reject_bias
+            out.append(ranking(self.tool_names, cands, [float(s[i]) for i in cands], float(s[cands].max()) - margin))
         return out
 
     def rank_batch(self, contexts: list[RerankContext], candidates: list[list[int]]) -> list[list[Ranked]]:
         if not contexts:
             return []
-        if self.mix <= 0:  # stage 1's margins alone (plus the Reject shift): the doc-block pass would be multiplied by 0
+        if self.mix <= 0 and self.call_mix <= 0:  # stage 1's margins alone (plus the shift): the states would be multiplied by 0
             return self.rankings(self.weight.new_zeros(len(contexts), self.weight.shape[1]), candidates, contexts)
         return self.rankings(self.states(contexts, candidates), candidates, contexts)
 
 
-def mixed_logits(g: torch.Tensor, weight: torch.Tensor, stage1: torch.Tensor | None, mix: float,
-                 reject_bias: float = 0.0) -> torch.Tensor:
-    """mix · W_r g + (1 − mix) · stage-1 margins, one row per state (tools +
-    Reject), with `reject_bias` added to Reject (the last column)."""
+def mixed_logits(g: torch.Tensor, weight: torch.Tensor, stage1: torch.Tensor | None, mix: float) -> torch.Tensor:
+    """mix · W_r g + (1 − mix) · stage-1 margins, one row per state (tools + Reject)."""
     logits = g.float() @ weight.float().T
     if mix < 1 and stage1 is not None:
         logits = mix * logits + (1 - mix) * stage1.float()
-    if reject_bias:
-        logits = logits.clone()
-        logits[:, -1] += reject_bias
     return logits
 
 
@@ -219,10 +226,14 @@ def train_rerank_weight(init: torch.Tensor, data: RerankSet, *, epochs: int = 20
     return w.detach(), losses
 
 
-def rerank_predictions(weight: torch.Tensor, data: RerankSet, mix: float = 1.0, reject_bias: float = 0.0) -> torch.Tensor:
-    """The decision (tool index or n_tools = Reject) at each position (ties:
-    the tool, as in `ranking`: argmax takes the first, and Reject is last)."""
-    return mixed_logits(data.g, weight, data.stage1, mix, reject_bias).masked_fill(~data.masks, float("-inf")).argmax(1)
+def rerank_predictions(weight: torch.Tensor, data: RerankSet, mix: float = 1.0, reject_bias: float = 0.0,
+                       call_mix: float | None = None) -> torch.Tensor:
+    """The decision (tool index or n_tools = Reject) at each position: Reject
+    where the call decision (on `call_mix`, default `mix`) says no call, else
+    the best candidate on `mix` (ties: the tool, as in `ranking`)."""
+    s = mixed_logits(data.g, weight, data.stage1, mix).masked_fill(~data.masks, float("-inf"))
+    margin = reject_margins(weight, data, mix if call_mix is None else call_mix)
+    return torch.where(margin >= reject_bias, s[:, :-1].argmax(1), torch.full_like(data.labels, s.shape[1] - 1))
 
 
 def reject_margins(weight: torch.Tensor, data: RerankSet, mix: float) -> torch.Tensor:
@@ -280,16 +291,37 @@ def calibrate_reject_bias(weight: torch.Tensor, data: RerankSet, n_tools: int, m
     return best
 
 
+def call_f1(margin: torch.Tensor, data: RerankSet, n_tools: int, weights: torch.Tensor, shift: float) -> float:
+    hits, false_pos, due = call_counts(margin, data, n_tools, weights, shift)
+    return 2 * hits / (hits + false_pos + due) if due else 0.0
+
+
+def calibrate_call(weight: torch.Tensor, data: RerankSet, n_tools: int, weights: torch.Tensor,
+                   max_recall_drop: float = 0.02, grid=MIX_GRID) -> tuple[float, float]:
+    """(call_mix, reject_bias): for every call_mix of the grid its calibrated
+    shift (calibrate_reject_bias), then the pair with the best call F1 on
+    `data`; ties go to the smaller call_mix (closer to stage 1)."""
+    best, best_f1 = (0.0, 0.0), -1.0
+    for call_mix in sorted(grid):
+        shift = calibrate_reject_bias(weight, data, n_tools, call_mix, weights, max_recall_drop)
+        f1 = call_f1(reject_margins(weight, data, call_mix), data, n_tools, weights, shift) if len(data.labels) else 0.0
+        if f1 > best_f1 + 1e-12:
+            best, best_f1 = (call_mix, shift), f1
+    return best
+
+
 def rerank_metrics(weight: torch.Tensor, data: RerankSet, n_tools: int, prefix: str = "val_rerank/",
-                   mix: float = 1.0, reject_bias: float = 0.0, weights: torch.Tensor | None = None) -> dict[str, float]:
+                   mix: float = 1.0, reject_bias: float = 0.0, weights: torch.Tensor | None = None,
+                   call_mix: float | None = None) -> dict[str, float]:
     """On mined positions: how often the (mixed) reranker's decision is the
     label; with `weights` (MinedSet.row_weights), also its calls (recall,
     precision, F1, false positives) where stage 1 triggers."""
     if len(data.labels) == 0:
         return {}
-    out = decision_metrics(rerank_predictions(weight, data, mix, reject_bias), data.labels, n_tools, prefix)
+    call_mix = mix if call_mix is None else call_mix
+    out = decision_metrics(rerank_predictions(weight, data, mix, reject_bias, call_mix), data.labels, n_tools, prefix)
     if weights is not None and data.triggered is not None:
-        out.update(call_metrics(reject_margins(weight, data, mix), data, n_tools, weights, reject_bias, prefix))
+        out.update(call_metrics(reject_margins(weight, data, call_mix), data, n_tools, weights, reject_bias, prefix))
     return out
 
 
@@ -336,9 +368,12 @@ class LLMRerank:
     # Weight of W_r g against stage 1 (module docstring): None = chosen on
     # validation at training time and stored; 1 = the reranker alone; 0 = stage 1
     mix: Optional[float] = None
-    # Added to Reject's final score (module docstring): None = calibrated on
-    # validation for call F1 and stored; 0 = no shift
+    # The call decision (module docstring): a call needs the best candidate to
+    # beat Reject by reject_bias on scores mixed with call_mix. None = both
+    # calibrated on validation for call F1 and stored; call_mix set alone gets
+    # its shift calibrated.
     reject_bias: Optional[float] = None
+    call_mix: Optional[float] = None
     max_recall_drop: float = 0.02  # the calibration keeps call recall within this of stage 1's
 
     needs_kv: ClassVar[bool] = True  # fitting extends the mined positions' KV rows
@@ -350,8 +385,9 @@ class LLMRerank:
         saved = head.rerank_config if head.rerank_config.get("name") == self.name else {}
         mix = self.mix if self.mix is not None else saved.get("mix", 1.0)  # checkpoints before the mix: the reranker alone
         shift = self.reject_bias if self.reject_bias is not None else saved.get("reject_bias", 0.0)
+        call_mix = self.call_mix if self.call_mix is not None else saved.get("call_mix", mix)  # before call_mix: one mix
         return LLMReranker(backbone, head.rerank_weight.detach(), head.tool_names, tool_docs, self.k, self.max_doc_chars,
-                           float(mix), float(shift))
+                           float(mix), float(shift), float(call_mix))
 
     def fit(self, backbone, head, tool_docs: dict[str, str], train: MinedSet, val: MinedSet | None, *,
             seed: int = 0, progress: bool = True, frozen_tools: int = 0, call_prior: float | None = None) -> dict:
@@ -386,6 +422,7 @@ class LLMRerank:
         saved = head.rerank_config if frozen_tools else {}
         mix = self.mix if self.mix is not None else saved.get("mix", 1.0)
         shift = self.reject_bias if self.reject_bias is not None else saved.get("reject_bias", 0.0)
+        call_mix = self.call_mix if self.call_mix is not None else saved.get("call_mix", mix)
         if val is not None:
             # Every validation false positive is kept: they are few, and the Reject shift is calibrated on them.
             val = val.subsample(self.max_val, seed, keep_rejects=True)
@@ -394,18 +431,25 @@ class LLMRerank:
             w = val.row_weights(call_prior)
             if self.mix is None and not frozen_tools:
                 mix = calibrate_mix(weight, vdata, n)
-            if self.reject_bias is None and not frozen_tools:
-                shift = calibrate_reject_bias(weight, vdata, n, mix, w, self.max_recall_drop)
-                # the ablation: stage 1 alone (mix 0) with its own calibrated shift, i.e. a stricter trigger
+            call_mix = self.call_mix if self.call_mix is not None else saved.get("call_mix", mix) if frozen_tools else None
+            if not frozen_tools and self.reject_bias is None:
+                if call_mix is None:
+                    call_mix, shift = calibrate_call(weight, vdata, n, w, self.max_recall_drop)
+                else:
+                    shift = calibrate_reject_bias(weight, vdata, n, call_mix, w, self.max_recall_drop)
+            call_mix = mix if call_mix is None else call_mix
+            if not frozen_tools:
+                # the ablation: stage 1 alone with its own calibrated shift, i.e. a stricter trigger
                 shift0 = calibrate_reject_bias(weight, vdata, n, 0.0, w, self.max_recall_drop)
                 out.update(rerank_metrics(weight, vdata, n, "val_threshold_only/", mix=0.0, reject_bias=shift0, weights=w))
                 out["rerank/reject_bias@mix0"] = shift0
-            out.update(rerank_metrics(weight, vdata, n, mix=mix, reject_bias=shift, weights=w))
+            out.update(rerank_metrics(weight, vdata, n, mix=mix, reject_bias=shift, weights=w, call_mix=call_mix))
             out.update(rerank_metrics(weight, vdata, n, prefix="val_rerank_alone/"))  # mix 1, no shift: as published
             out.update(rerank_metrics(weight, vdata, n, prefix="val_stage1/", mix=0.0, weights=w))
             out["rerank/val_call_prior"] = call_prior
         out["rerank/mix"] = mix
         out["rerank/reject_bias"] = shift
+        out["rerank/call_mix"] = call_mix
         head.rerank_config = {"name": self.name, "k": self.k, "max_doc_chars": self.max_doc_chars, "mix": mix,
-                              "reject_bias": shift}
+                              "reject_bias": shift, "call_mix": call_mix}
         return out
