@@ -26,3 +26,35 @@ SAMPLES = [
     example_with_calls("Question: Betty has 100 dollars.\nAnswer: She has 100 - 50 = $50 left. #### 50",
                        [("subtract", "50")], "s3"),
 ]
+
+
+def tiny_backbone_of(architecture: str, tokenizer, sliding_window: int = 12):
+    """A tiny random backbone of another cache layout than Llama's full one:
+    "gemma3" (hybrid: sliding-window layers of `sliding_window` positions
+    around a full-attention one, grouped-query attention), "qwen2"
+    (grouped-query attention: 4 heads on 2 key/value heads), "llama"."""
+    import torch
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig, Qwen2Config, Qwen2ForCausalLM
+
+    from toolken_plus.backbone import tiny_random_backbone
+    from toolken_plus.backbone.model import Backbone, freeze
+
+    if architecture == "llama":
+        return tiny_random_backbone(tokenizer, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32)
+    ids = dict(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+               eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=True, max_position_embeddings=2048)
+    if architecture == "gemma3":
+        config = Gemma3TextConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+                                  num_key_value_heads=2, head_dim=8, query_pre_attn_scalar=8, sliding_window=sliding_window,
+                                  layer_types=["sliding_attention", "full_attention", "sliding_attention"], **ids)
+        cls = Gemma3ForCausalLM
+    elif architecture == "qwen2":
+        config = Qwen2Config(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                             num_key_value_heads=2, **ids)
+        cls = Qwen2ForCausalLM
+    else:
+        raise ValueError(architecture)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = cls(config).float()
+    return Backbone(freeze(model), tokenizer, f"tiny-random-{architecture}", "seed0")

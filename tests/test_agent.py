@@ -97,6 +97,42 @@ def test_agent_matches_plain_greedy_decoding_when_tools_are_off(tiny_backbone, t
     assert tiny_backbone.tokenizer.decode(out[0, ids.shape[1]:]).startswith(res.generation)
 
 
+@pytest.fixture(scope="module", params=["llama", "gemma3", "qwen2"])
+def any_backbone(request, smol_tokenizer):
+    """Tiny random backbones of each cache layout: full attention (Llama),
+    hybrid sliding-window + full layers with a window far shorter than the
+    prompt (Gemma 3), grouped-query attention (Qwen2)."""
+    from tests.helpers import tiny_backbone_of
+
+    return tiny_backbone_of(request.param, smol_tokenizer)
+
+
+def test_agent_matches_generate_on_every_cache_layout(any_backbone, tools, prompt):
+    """Batched rows (left-padded, prefilled by prefill_rows, decoded by
+    BatchCache) decode what `model.generate` decodes from each prompt alone,
+    whatever the cache layout."""
+    backbone, tok = any_backbone, any_backbone.tokenizer
+    agent = _agent(backbone, tools, prompt, setting="no_tools", max_new_tokens=10, batch_size=3)
+    questions = QUESTIONS[:4]
+    results = agent.run_batch(questions)
+    for q, res in zip(questions, results):
+        ids = torch.tensor([agent.policy.encode(prompt.prefix) + agent.policy.encode(prompt.question_part(q))])
+        if backbone.sliding_window is not None:
+            assert ids.shape[1] > 4 * backbone.sliding_window  # the window really slides
+        out = backbone.model.generate(ids, max_new_tokens=res.new_tokens, do_sample=False,
+                                      attention_mask=torch.ones_like(ids), pad_token_id=tok.pad_token_id)
+        assert tok.decode(out[0, ids.shape[1]:]).startswith(res.generation)
+
+
+def test_batched_tool_calls_equal_one_by_one_on_every_cache_layout(any_backbone, tools, prompt):
+    """Tool mode too: context switches rewrite rows and prefill_rows stitches
+    cached rows to new text with gaps between them."""
+    agent = _agent(any_backbone, tools, prompt, logit_bias=4.0, batch_size=3, max_arg_tokens=6, max_new_tokens=12)
+    batched = agent.run_batch(QUESTIONS[:4])
+    single = [agent.run(q) for q in QUESTIONS[:4]]
+    assert [r.trace for r in batched] == [r.trace for r in single]
+
+
 def test_failed_calls_are_recorded_and_the_run_goes_on(tiny_backbone, tools, prompt):
     agent = _agent(tiny_backbone, tools, prompt, logit_bias=50.0, batch_size=2, max_arg_tokens=4, max_calls=3)
     results = agent.run_batch(QUESTIONS[:2])

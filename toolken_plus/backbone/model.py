@@ -53,9 +53,26 @@ class Backbone:
         attention function (kv.shared_prefix passes its SharedPrefix so)."""
         return self._body(input_ids, attention_mask, position_ids, cache, True, **attention_kwargs)
 
+    @functools.cached_property
+    def sliding_window(self) -> int | None:
+        """The attention window of the model's sliding-window layers (Gemma 2/3,
+        Mistral, ...), None when every layer attends to the whole context."""
+        return sliding_window_of(self.model.config)
+
     def _body(self, input_ids, attention_mask, position_ids, cache, use_cache, **attention_kwargs):
         body = self.model.get_decoder()
         kwargs = dict(attention_kwargs)
+        window = self.sliding_window
+        if window is not None and "shared_prefix" not in kwargs and not isinstance(attention_mask, dict):
+            # Sliding-window layers: our caches keep every position in every
+            # layer (see `make_cache`), and the window is enforced by masks
+            # built here from the rows' own positions (padding and gaps in a
+            # row's columns would fool a mask built from column indices).
+            if use_cache and cache is None:
+                cache = _full_length_cache()
+            past = cache.get_seq_length() if cache is not None else 0
+            attention_mask = window_masks(self.model.config, window, attention_mask, position_ids, past,
+                                          input_ids.shape[1], self.model.dtype)
         if cache is not None:
             # transformers 5 renamed the KV-cache argument `past_key_values` → `cache`.
             kwargs[_kv_cache_arg(body)] = cache
@@ -73,10 +90,18 @@ class Backbone:
         cache). Without it the tensors are adopted as they are."""
         from transformers.cache_utils import DynamicCache
 
-        cache = DynamicCache(config=self.model.config)
+        if self.sliding_window is not None:
+            # Every layer keeps every position, sliding-window layers too: rows
+            # are cut, padded and stitched by position (kv/rows.py), which a
+            # layer holding only its last `window` keys cannot be; `_body`
+            # masks what the window hides. Costs memory, not results.
+            cache = _full_length_cache(len(layers))
+        else:
+            cache = DynamicCache(config=self.model.config)
         cache_layers_ = getattr(cache, "layers", None)
         if cache_layers_ is None or len(cache_layers_) != len(layers) or not hasattr(cache_layers_[0], "lazy_initialization"):
-            return DynamicCache(ddp_cache_data=layers, config=self.model.config)
+            config = None if self.sliding_window is not None else self.model.config
+            return DynamicCache(ddp_cache_data=layers, config=config)
         appending = _appending_layer_class()
         if headroom > 0 and all(type(layer) is appending.__base__ for layer in cache_layers_):
             # (sliding-window layers, e.g. Gemma 3's, keep their own update)
@@ -88,6 +113,73 @@ class Backbone:
             layer.lazy_initialization(k, v)
             layer.keys, layer.values = k, v
         return cache
+
+
+def _full_length_cache(n_layers: int = 0):
+    """A DynamicCache whose layers all keep every position (no sliding-window
+    layers, whatever the model's config says)."""
+    from transformers.cache_utils import DynamicCache, DynamicLayer
+
+    cache = DynamicCache()
+    if n_layers:
+        cache.layers = [DynamicLayer() for _ in range(n_layers)]
+    return cache
+
+
+def sliding_window_of(config) -> int | None:
+    """The window of a model's sliding-window attention layers, None when it
+    has none: from `layer_types` where the config lists them (Gemma 3's
+    hybrid pattern, Qwen2's `use_sliding_window`), else every layer slides
+    when `sliding_window` is set (Mistral)."""
+    config = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+    window = getattr(config, "sliding_window", None)
+    if not window:
+        return None
+    types = getattr(config, "layer_types", None)
+    if types is not None:
+        return int(window) if "sliding_attention" in types else None
+    return int(window) if getattr(config, "use_sliding_window", True) else None
+
+
+def window_masks(config, window: int, attention_mask, position_ids, past: int, new: int, dtype):
+    """The 4D additive attention masks [B, 1, new, past + new] of a forward
+    over a model with sliding-window layers: {layer type: mask} for configs
+    with `layer_types` (transformers then uses them as given), else the
+    sliding mask alone.
+
+    Key j is visible to query i when it is real (attention_mask), not after
+    it, and, in a sliding layer, less than `window` positions before it (as
+    transformers' sliding_window_overlay: kv > q - window). Positions are
+    the rows' own: a row's real keys hold consecutive positions ending at the
+    last new token's `position_ids` (None: column indices, as the model
+    itself assumes). A query always sees itself, so a padding query gets
+    finite garbage, not NaN."""
+    B, K = (position_ids.shape[0] if position_ids is not None else 1), past + new
+    if attention_mask is not None:
+        B = attention_mask.shape[0]
+        real = attention_mask.bool()
+    else:
+        real = torch.ones(B, K, dtype=torch.bool)
+    col = torch.arange(K)
+    if position_ids is None:
+        kpos = col.expand(B, K)
+    else:
+        seen = real.long().cumsum(1)
+        kpos = position_ids[:, -1:].expand(B, 1) - (seen[:, -1:] - seen)
+    qpos = kpos[:, past:, None]
+    itself = (col[None, :] == col[past:, None])[None]
+    causal = real[:, None, :] & (kpos[:, None, :] <= qpos) & (col[None, :] <= col[past:, None])[None]
+    sliding = (causal & (qpos - kpos[:, None, :] < window)) | itself
+    full = causal | itself
+    lowest = torch.finfo(dtype).min
+
+    def additive(visible):
+        return torch.zeros(visible.shape, dtype=dtype).masked_fill_(~visible, lowest)[:, None]
+
+    types = getattr(config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config, "layer_types", None)
+    if types is None:
+        return additive(sliding)
+    return {t: additive(sliding if t == "sliding_attention" else full) for t in set(types) | {"full_attention", "sliding_attention"}}
 
 
 @functools.cache
