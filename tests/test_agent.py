@@ -102,7 +102,7 @@ def any_backbone(request, smol_tokenizer):
     """Tiny random backbones of each cache layout: full attention (Llama),
     hybrid sliding-window + full layers with a window far shorter than the
     prompt (Gemma 3), grouped-query attention (Qwen2)."""
-    from tests.helpers import tiny_backbone_of
+    from helpers import tiny_backbone_of
 
     return tiny_backbone_of(request.param, smol_tokenizer)
 
@@ -116,7 +116,7 @@ def test_agent_matches_generate_on_every_cache_layout(any_backbone, tools, promp
     questions = QUESTIONS[:4]
     results = agent.run_batch(questions)
     for q, res in zip(questions, results):
-        ids = torch.tensor([agent.policy.encode(prompt.prefix) + agent.policy.encode(prompt.question_part(q))])
+        ids = torch.tensor([agent.policy.encode_start(prompt.prefix) + agent.policy.encode(prompt.question_part(q))])
         if backbone.sliding_window is not None:
             assert ids.shape[1] > 4 * backbone.sliding_window  # the window really slides
         out = backbone.model.generate(ids, max_new_tokens=res.new_tokens, do_sample=False,
@@ -131,6 +131,49 @@ def test_batched_tool_calls_equal_one_by_one_on_every_cache_layout(any_backbone,
     batched = agent.run_batch(QUESTIONS[:4])
     single = [agent.run(q) for q in QUESTIONS[:4]]
     assert [r.trace for r in batched] == [r.trace for r in single]
+
+
+@pytest.fixture(scope="module")
+def bos_tokenizer(smol_tokenizer):
+    """SmolLM2's tokenizer made to add a BOS before every text, as Llama's,
+    Gemma's and Qwen's tokenizers do (SmolLM2's adds none)."""
+    import copy
+
+    from tokenizers.processors import TemplateProcessing
+
+    tok = copy.deepcopy(smol_tokenizer)
+    bos = tok.bos_token
+    tok.backend_tokenizer.post_processor = TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A $B",
+                                                              special_tokens=[(bos, tok.bos_token_id)])
+    assert tok("a")["input_ids"][0] == tok.bos_token_id
+    return tok
+
+
+def test_inference_reads_the_bos_training_reads(tiny_backbone, bos_tokenizer, smol_tokenizer, tools, prompt):
+    """A tokenizer that adds a BOS: training's encoded examples and the
+    agent's contexts both begin with it (and the agent decodes what
+    `generate` does from BOS + prompt); SmolLM2's adds none, anywhere."""
+    from toolken_plus.backbone.model import Backbone
+    from toolken_plus.data.encoding import context_start_ids, encode_example, leading_special_ids
+    from toolken_plus.data.examples import Example
+
+    text = prompt.prefix + prompt.question_part(QUESTIONS[0])
+    trained = encode_example(bos_tokenizer, Example("ex", text, []), {}, max_length=4096).input_ids.tolist()
+    assert leading_special_ids(bos_tokenizer) == [bos_tokenizer.bos_token_id] == trained[:1]
+    assert leading_special_ids(smol_tokenizer) == []
+    assert context_start_ids(smol_tokenizer, text) == encode_example(smol_tokenizer, Example("ex", text, []), {}, 4096).input_ids.tolist()
+
+    backbone = Backbone(tiny_backbone.model, bos_tokenizer, tiny_backbone.name, tiny_backbone.revision)
+    agent = _agent(backbone, tools, prompt, setting="no_tools", max_new_tokens=8)
+    start = agent.policy.encode_start(prompt.prefix) + agent.policy.encode(prompt.question_part(QUESTIONS[0]))
+    k = len(agent.policy.encode_start(prompt.prefix)) - 1  # (the token at the prefix/question seam may merge)
+    assert start[:k] == trained[:k] and k > 100  # the same ids, BOS included, as training reads this text
+    res = agent.run(QUESTIONS[0])
+    assert agent.scheduler.prefix("reason", prompt.prefix).n == len(agent.policy.encode_start(prompt.prefix))
+    ids = torch.tensor([start])
+    out = backbone.model.generate(ids, max_new_tokens=res.new_tokens, do_sample=False,
+                                  attention_mask=torch.ones_like(ids), pad_token_id=bos_tokenizer.pad_token_id)
+    assert bos_tokenizer.decode(out[0, ids.shape[1]:]).startswith(res.generation)
 
 
 def test_failed_calls_are_recorded_and_the_run_goes_on(tiny_backbone, tools, prompt):

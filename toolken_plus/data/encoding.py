@@ -51,6 +51,27 @@ def _span_end_token(offsets, special, char: int, first: int) -> int:
     return k
 
 
+def leading_special_ids(tokenizer) -> list[int]:
+    """The special tokens the tokenizer puts before a text when it adds
+    special tokens (a BOS; none for SmolLM2's). Training reads examples so
+    (`encode_example`), so every context inference starts reads them first
+    too (`context_start_ids`)."""
+    with_special = tokenizer("a")["input_ids"]
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    for k in range(len(with_special) - len(plain) + 1):
+        if with_special[k : k + len(plain)] == plain:
+            return list(with_special[:k])
+    return []
+
+
+def context_start_ids(tokenizer, text: str) -> list[int]:
+    """Token ids of the text a context begins with (a prompt prefix, a shared
+    prefix): the tokenizer's leading special tokens, then the text, as a
+    training example begins. The rest of a context is tokenized without
+    special tokens."""
+    return leading_special_ids(tokenizer) + list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
 def encode_example(tokenizer, example: Example, tool_index: dict[str, int], max_length: int = 1024) -> Encoded:
     enc = tokenizer(
         example.text,

@@ -18,6 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from toolken_plus.backbone import Backbone
+from toolken_plus.data.encoding import context_start_ids
 from toolken_plus.kv import prefill_rows, prefix_row
 from toolken_plus.rerank.base import RerankContext, decision_record, top_candidates
 from toolken_plus.tasks.base import ChoiceTask, EvalItem
@@ -36,7 +37,8 @@ class ChoicePredictor:
         self.batch_size = batch_size
         self.progress = progress
         tok = backbone.tokenizer
-        self._prefix = prefix_row(backbone, tok(task.shared_prefix, add_special_tokens=False)["input_ids"])
+        # the shared prefix begins every context, as in training (recipe.py)
+        self._prefix = prefix_row(backbone, context_start_ids(tok, task.shared_prefix) if task.shared_prefix else [])
 
     @torch.no_grad()
     def predict(self, items: list[EvalItem], on_result=None) -> list[dict]:

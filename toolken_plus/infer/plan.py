@@ -31,6 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from toolken_plus.backbone import Backbone
+from toolken_plus.data.encoding import context_start_ids
 from toolken_plus.kv import make_prefix, prefill_rows
 from toolken_plus.rerank.base import RerankContext, top_candidates
 from toolken_plus.tasks.base import EvalItem, PlanTask
@@ -70,7 +71,7 @@ class PlanPredictor:
         self.bias = float(head.logit_bias)
         tok = backbone.tokenizer
         self._ids = lambda text: tok(text, add_special_tokens=False)["input_ids"]  # noqa: E731
-        self._prefix = make_prefix(backbone, self._ids(prefix))
+        self._prefix = make_prefix(backbone, context_start_ids(tok, prefix) if prefix else [])  # as training's (recipe.py)
 
     def _is_action(self, name: str) -> bool:
         try:

@@ -18,6 +18,7 @@ import torch
 
 from toolken_plus.backbone import times_transposed
 from toolken_plus.config.schema import AgentConfig
+from toolken_plus.data.encoding import context_start_ids
 from toolken_plus.data.prompts import FewShotPrompt
 from toolken_plus.infer.records import CallDone, Row, ToolCallRecord
 from toolken_plus.rerank.base import RerankContext, decision_record, top_candidates
@@ -62,6 +63,11 @@ class DecisionPolicy:
     def encode(self, text: str) -> list[int]:
         return self.tok(text, add_special_tokens=False)["input_ids"]
 
+    def encode_start(self, text: str) -> list[int]:
+        """Ids of a prompt prefix, which begins the row's context: after the
+        tokenizer's BOS, if it adds one (as training's examples begin)."""
+        return context_start_ids(self.tok, text)
+
     def answer(self, text: str):
         return self.task.parse_answer(text) if self.task is not None else text.strip()
 
@@ -80,11 +86,11 @@ class DecisionPolicy:
         with room for the call's arguments), max_new_tokens and RESULT_ROOM.
         An estimate: a row that still runs out of context fails that call
         ("no room for tool mode") or stops ("context")."""
-        longest = len(self.encode(self.prompt.prefix))
+        longest = len(self.encode_start(self.prompt.prefix))
         if self.head is not None and self.cfg.use_tools:
             for t in (self.tools[n] for n in self.head.tool_names):
                 demos = self.demos(t).prefix + f"{t.display}("
-                longest = max(longest, len(self.encode(demos)) + self.cfg.max_arg_tokens)
+                longest = max(longest, len(self.encode_start(demos)) + self.cfg.max_arg_tokens)
         return longest + self.cfg.max_new_tokens + self.RESULT_ROOM
 
     def prepare(self, row: Row, reserved: int) -> None:

@@ -63,7 +63,7 @@ class Scheduler:
     def prefix(self, key: str, text: str) -> Prefix | None:
         """KV cache of a constant prompt prefix, computed once and shared by every row on it."""
         if key not in self._prefix_cache:
-            self._prefix_cache[key] = make_prefix(self.backbone, self.policy.encode(text))
+            self._prefix_cache[key] = make_prefix(self.backbone, self.policy.encode_start(text))
         return self._prefix_cache[key]
 
     def tool_prefix(self, tool: Tool) -> Prefix | None:

@@ -18,6 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from toolken_plus.backbone import Backbone
+from toolken_plus.data.encoding import leading_special_ids
 from toolken_plus.tasks.base import EvalItem
 
 log = logging.getLogger(__name__)
@@ -34,10 +35,12 @@ class TextGenerator:
         self.max_context = getattr(backbone.model.config, "max_position_embeddings", None)
 
     def _ids(self, prompt: str) -> tuple[list[int], bool]:
-        ids = self.backbone.tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        if self.max_context is not None and len(ids) + self.max_new_tokens > self.max_context:
-            return ids[len(ids) + self.max_new_tokens - self.max_context:], True
-        return ids, False
+        tok = self.backbone.tokenizer
+        lead = leading_special_ids(tok)  # the prompt is the whole context: BOS first, if the tokenizer adds one
+        ids = tok(prompt, add_special_tokens=False)["input_ids"]
+        if self.max_context is not None and len(lead) + len(ids) + self.max_new_tokens > self.max_context:
+            return lead + ids[len(lead) + len(ids) + self.max_new_tokens - self.max_context:], True
+        return lead + ids, False
 
     @torch.no_grad()
     def generate(self, prompts: list[str], on_batch=None) -> list[tuple[str, bool]]:

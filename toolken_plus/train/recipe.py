@@ -26,6 +26,7 @@ from toolken_plus.backbone import DEFAULT_BACKBONE, Backbone, backbone_spec, bui
 from toolken_plus.config import as_config, cache_dir, to_plain
 from toolken_plus.config.schema import TrainConfig
 from toolken_plus.config.validation import validate_config
+from toolken_plus.data.encoding import context_start_ids
 from toolken_plus.data.locate import task_root
 from toolken_plus.rerank import NoRerank
 from toolken_plus.rundir import RunDirLock, atomic_write
@@ -104,7 +105,8 @@ class TrainToolkensRecipe(Recipe):
         self.call_counts = {"train": call_counts(self.train_enc, tool_names), "val": call_counts(self.val_enc, tool_names)}
         check_calls_survive(self.call_counts, max_len, self.addition.new_names if self.addition else [])
         # Every example follows the task's shared prefix (if any): its KV is computed once.
-        prefix_ids = tok(self.task.shared_prefix, add_special_tokens=False)["input_ids"] if self.task.shared_prefix else None
+        # ... and begins their context: after the tokenizer's BOS, if it adds one (context_start_ids).
+        prefix_ids = context_start_ids(tok, self.task.shared_prefix) if self.task.shared_prefix else None
         common = dict(dtype=cfg.cache.dtype, max_tokens_per_batch=cfg.cache.max_tokens_per_batch,
                       progress=cfg.trainer.progress, prefix_ids=prefix_ids)
         cache_root = cache_dir(cfg)

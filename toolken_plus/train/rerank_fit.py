@@ -31,7 +31,7 @@ import torch
 
 from toolken_plus.adapter import ToolkenHead
 from toolken_plus.config.schema import TrainerConfig
-from toolken_plus.data.encoding import Encoded
+from toolken_plus.data.encoding import Encoded, context_start_ids
 from toolken_plus.rerank.mining import MinedSet, PositionContexts, mine
 from toolken_plus.train.trainer import CachedFeatures, ToolkenTrainer, calibrate_head_bias
 
@@ -93,7 +93,7 @@ def fit_reranker(spec, backbone, head, *, prefix: str, tool_docs: dict[str, str]
     """Mine and fit `spec` (a reranker spec); it stores its state in the head
     and returns its metrics (with how many gold and Reject positions each
     mining mode yields on the training data)."""
-    prefix_ids = backbone.tokenizer(prefix, add_special_tokens=False)["input_ids"] if prefix else []
+    prefix_ids = context_start_ids(backbone.tokenizer, prefix) if prefix else []
     mode = getattr(spec, "mining", "train")
     if mode not in MINING_MODES:
         raise ValueError(f"reranker.mining={mode!r}: expected one of {list(MINING_MODES)}")
