@@ -78,6 +78,42 @@ def test_batch_cache_decodes_rows_on_different_prefixes(gqa_backbone, monkeypatc
     torch.testing.assert_close(layers[0][0][:, :, : first[0][1]], first[0][0][0][0], atol=1e-6, rtol=1e-6)
 
 
+@pytest.mark.parametrize("arch", ["gemma3", "qwen2"])
+def test_rows_and_batch_cache_on_other_cache_layouts(smol_tokenizer, arch):
+    """prefill_rows (rows with gaps between cached and new tokens, prefixes
+    shared or copied) and BatchCache (left-padded decoding) equal a fresh
+    forward of each full row on a hybrid sliding-window cache whose window
+    (6) is shorter than the rows (Gemma 3) and on grouped-query attention
+    with prefix sharing (Qwen2)."""
+    from helpers import tiny_backbone_of
+
+    bb = tiny_backbone_of(arch, smol_tokenizer, sliding_window=6)
+
+    def _own_forward(bb, ids):  # the model's own masks and cache, not Backbone's
+        return bb.model.get_decoder()(input_ids=torch.tensor([ids])).last_hidden_state
+
+    assert supports_shared_prefix(bb) == (arch == "qwen2")
+    jobs, first = _first_prefill(bb)
+    more = [_ids(bb, " and then 7 more"), _ids(bb, "!")] * 3
+    second = kv.prefill_rows(bb, [(layers, n, m, job[3]) for (layers, n, _), m, job in zip(first, more, jobs)])
+    for i, ((_, n1, h1), (l2, n2, h2), m) in enumerate(zip(first, second, more)):
+        base = _full_ids(bb, i)
+        full = _own_forward(bb, base + m)
+        assert l2[0][0].shape[2] == n2 == n1 + len(m)
+        torch.testing.assert_close(h1, full[0, len(base) - 1], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(h2, full[0, -1], atol=1e-5, rtol=1e-5)
+    batch = _BatchCache(bb, len(ROWS))
+    for i, (job, (layers, n, _)) in enumerate(zip(jobs, second)):
+        batch.set_row(i, layers, n, job[3])
+    tokens = [torch.tensor([11, 12, 13, 14, 15]), torch.tensor([21, 22, 23, 24, 25])]
+    for t, tok in enumerate(tokens):
+        hidden = batch.step(tok)
+        for i in range(len(ROWS)):
+            ids = _full_ids(bb, i) + more[i] + [int(x[i]) for x in tokens[: t + 1]]
+            full = _own_forward(bb, ids)
+            torch.testing.assert_close(hidden[i], full[0, -1], atol=1e-5, rtol=1e-5)
+
+
 def test_backbones_it_does_not_fit_copy_the_prefix_instead(smol_tokenizer, monkeypatch):
     from transformers import AttentionInterface
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
