@@ -114,6 +114,26 @@ def test_rows_and_batch_cache_on_other_cache_layouts(smol_tokenizer, arch):
             torch.testing.assert_close(hidden[i], full[0, -1], atol=1e-5, rtol=1e-5)
 
 
+def test_training_features_after_a_prefix_on_a_sliding_window_cache(smol_tokenizer):
+    """The feature cache's right-padded batch after a shared prefix
+    (train/cache.py) equals the model's own forward of each full row."""
+    from helpers import tiny_backbone_of
+
+    from toolken_plus.train.cache import _forward_after_prefix
+
+    bb = tiny_backbone_of("gemma3", smol_tokenizer, sliding_window=6)
+    prefix_ids = _ids(bb, PREFIXES[1])
+    rows = [_ids(bb, text) for _, text in ROWS]
+    ids = torch.full((len(rows), max(map(len, rows))), bb.tokenizer.pad_token_id)
+    mask = torch.zeros_like(ids)
+    for r, row in enumerate(rows):
+        ids[r, : len(row)], mask[r, : len(row)] = torch.tensor(row), 1
+    hidden = _forward_after_prefix(bb, kv.prefix_row(bb, prefix_ids), ids, mask)
+    for r, row in enumerate(rows):
+        own = bb.model.get_decoder()(input_ids=torch.tensor([prefix_ids + row])).last_hidden_state
+        torch.testing.assert_close(hidden[r, : len(row)], own[0, len(prefix_ids):], atol=1e-5, rtol=1e-5)
+
+
 def test_backbones_it_does_not_fit_copy_the_prefix_instead(smol_tokenizer, monkeypatch):
     from transformers import AttentionInterface
     from transformers.integrations.sdpa_attention import sdpa_attention_forward

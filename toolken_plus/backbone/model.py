@@ -150,10 +150,11 @@ def window_masks(config, window: int, attention_mask, position_ids, past: int, n
     Key j is visible to query i when it is real (attention_mask), not after
     it, and, in a sliding layer, less than `window` positions before it (as
     transformers' sliding_window_overlay: kv > q - window). Positions are
-    the rows' own: a row's real keys hold consecutive positions ending at the
-    last new token's `position_ids` (None: column indices, as the model
-    itself assumes). A query always sees itself, so a padding query gets
-    finite garbage, not NaN."""
+    the rows' own: a row's real keys hold consecutive positions, counted back
+    from the last column's `position_ids` (only their differences matter, so
+    this holds when that column is right padding too); position_ids None:
+    column indices, as the model itself assumes. A query always sees itself,
+    so a padding query gets finite garbage, not NaN."""
     B, K = (position_ids.shape[0] if position_ids is not None else 1), past + new
     if attention_mask is not None:
         B = attention_mask.shape[0]
