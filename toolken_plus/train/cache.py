@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from toolken_plus import distributed
 from toolken_plus.backbone import Backbone
 from toolken_plus.data.encoding import IGNORE, Encoded, encodings_digest
 from toolken_plus.kv.rows import prefix_row
@@ -156,7 +157,9 @@ def build_feature_cache(
         data_digest = hashlib.sha256((data_digest + "|prefix|" + ",".join(map(str, prefix_ids))).encode()).hexdigest()
     key = cache_key(backbone, encoded, dtype, data_digest)
     final = Path(cache_root) / "features" / key
-    if (final / "meta.json").is_file():
+    rank, world_size = distributed.world()
+    # Under torchrun every rank takes the same branch: rank 0's view decides.
+    if distributed.broadcast((final / "meta.json").is_file()):
         log.info("feature cache hit: %s", final)
         return FeatureCache.open(final)
 
@@ -164,81 +167,145 @@ def build_feature_cache(
     starts = np.concatenate([[0], np.cumsum([len(k) for k in keep])])
     n, d = int(starts[-1]), backbone.hidden_size
     np_dtype = np.float16 if dtype == "float16" else np.float32
+    batches = length_batches([len(e) for e in encoded], max_tokens_per_batch)
+    prefix = prefix_row(backbone, list(prefix_ids)) if prefix_ids else None
+    t0 = time.perf_counter()
 
-    remove_stale_temps(final.parent)  # half-built caches of runs that were killed
-    tmp = make_temp_dir(final.parent)
+    tmp = None
+    if rank == 0:
+        remove_stale_temps(final.parent)  # half-built caches of runs that were killed
+        tmp = make_temp_dir(final.parent)
+    tmp = Path(distributed.broadcast(str(tmp) if tmp else None))
     try:
-        # h goes straight to disk with positioned writes (not a writable
-        # memmap, whose dirty pages would count against the process's RSS);
-        # the per-position scalars are small and stay in RAM until the end.
-        h_writer = _RowWriter(tmp / "h.npy", np_dtype, (n, d))
-        scalars = {name: np.zeros(n, dtype=np.float32) for name in ("logsumexp", "gold_logit", "max_logit")}
-        tool_label = np.concatenate([e.tool_label[k] for e, k in zip(encoded, keep)]).astype(np.int16)
-        example_index = np.concatenate([np.full(len(k), i, dtype=np.int32) for i, k in enumerate(keep)])
+        if world_size > 1:
+            # Each rank forwards every world_size-th batch (the same batches a
+            # single process forms, so every row's numbers are the same bits)
+            # into shard files in rank 0's temp dir, which rank 0 then merges.
+            shard = tmp / "shards" / f"rank{rank}"
+            shard.mkdir(parents=True, exist_ok=True)
+            with open(shard / "h.bin", "wb") as fh:
+                done, n_tokens = [], 0
+                for i, h, a, g, m, nt in _batch_features(backbone, encoded, keep, batches[rank::world_size], prefix,
+                                                         np_dtype, progress and rank == 0, desc):
+                    if i is None:
+                        n_tokens += nt
+                        continue
+                    fh.write(np.ascontiguousarray(h).tobytes())
+                    done.append((i, a, g, m))
+            np.save(shard / "examples.npy", np.array([i for i, *_ in done], dtype=np.int64))
+            for j, name in enumerate(("logsumexp", "gold_logit", "max_logit")):
+                vals = [x[j + 1] for x in done]
+                np.save(shard / f"{name}.npy", np.concatenate(vals) if vals else np.zeros(0, np.float32))
+            (shard / "n_tokens.json").write_text(json.dumps(n_tokens))
+            distributed.barrier()  # every shard written
+        if rank == 0:
+            meta = _write_cache(tmp, encoded, keep, starts, n, d, np_dtype, world_size, backbone, batches, prefix,
+                                progress, desc, t0, meta_fields=dict(
+                                    key=key, data_digest=data_digest, dtype=dtype, prefix_ids=prefix_ids))
+            try:
+                tmp.rename(final)
+            except OSError:  # built concurrently by another process: keep theirs
+                shutil.rmtree(tmp, ignore_errors=True)
+            log.info("feature cache built: %d positions, %.1f tok/s, %s", n, meta["tokens_per_second"], final)
+    except BaseException:
+        if rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    distributed.barrier()  # the cache is in place: the other ranks read it
+    return FeatureCache.open(final)
 
-        t0, n_tokens = time.perf_counter(), 0
-        batches = length_batches([len(e) for e in encoded], max_tokens_per_batch)
-        w_vocab = backbone.lm_head.weight
-        pad_id = backbone.tokenizer.pad_token_id
-        prefix = prefix_row(backbone, list(prefix_ids)) if prefix_ids else None
-        for batch in tqdm(batches, desc=desc, disable=not progress, unit="batch"):
-            L = max(len(encoded[i]) for i in batch)
-            ids = torch.full((len(batch), L), pad_id, dtype=torch.long)
-            mask = torch.zeros((len(batch), L), dtype=torch.long)
-            for r, i in enumerate(batch):
-                ids[r, : len(encoded[i])] = torch.from_numpy(encoded[i].input_ids)
-                mask[r, : len(encoded[i])] = 1
-            with torch.no_grad():
-                if prefix is None:
-                    hidden, _ = backbone.final_hidden(ids, attention_mask=mask)
-                else:
-                    hidden = _forward_after_prefix(backbone, prefix, ids, mask)
-            rows = [(r, i) for r, i in enumerate(batch) if len(keep[i])]
-            if not rows:
-                continue
+
+def _batch_features(backbone: Backbone, encoded: list[Encoded], keep: list[np.ndarray], batches: list[list[int]],
+                    prefix, np_dtype, progress: bool, desc: str):
+    """The backbone's pass over `batches`: per example with kept positions,
+    (example index, h rows in np_dtype, logsumexp, gold logit, max logit, 0);
+    after each batch, (None, …, its non-pad token count)."""
+    w_vocab = backbone.lm_head.weight
+    pad_id = backbone.tokenizer.pad_token_id
+    for batch in tqdm(batches, desc=desc, disable=not progress, unit="batch"):
+        L = max(len(encoded[i]) for i in batch)
+        ids = torch.full((len(batch), L), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), L), dtype=torch.long)
+        for r, i in enumerate(batch):
+            ids[r, : len(encoded[i])] = torch.from_numpy(encoded[i].input_ids)
+            mask[r, : len(encoded[i])] = 1
+        with torch.no_grad():
+            if prefix is None:
+                hidden, _ = backbone.final_hidden(ids, attention_mask=mask)
+            else:
+                hidden = _forward_after_prefix(backbone, prefix, ids, mask)
+        rows = [(r, i) for r, i in enumerate(batch) if len(keep[i])]
+        if rows:
             sel_h = torch.cat([hidden[r, torch.from_numpy(keep[i])] for r, i in rows]).float()
             gold = torch.cat([torch.from_numpy(encoded[i].next_token[keep[i]]) for _, i in rows])
             a, g, m = head_reductions(sel_h, w_vocab, gold)
             pos = 0
             for _, i in rows:
-                s, e = starts[i], starts[i + 1]
-                cnt = e - s
-                h_writer.write_rows(s, sel_h[pos : pos + cnt].numpy().astype(np_dtype))
-                scalars["logsumexp"][s:e] = a[pos : pos + cnt].numpy()
-                scalars["gold_logit"][s:e] = g[pos : pos + cnt].numpy()
-                scalars["max_logit"][s:e] = m[pos : pos + cnt].numpy()
+                cnt = len(keep[i])
+                sl = slice(pos, pos + cnt)
+                yield i, sel_h[sl].numpy().astype(np_dtype), a[sl].numpy(), g[sl].numpy(), m[sl].numpy(), 0
                 pos += cnt
-            n_tokens += int(mask.sum())
-        seconds = time.perf_counter() - t0
+        yield None, None, None, None, None, int(mask.sum())
 
-        h_writer.close()
-        for name, arr in scalars.items():
-            np.save(tmp / f"{name}.npy", arr)
-        np.save(tmp / "tool_label.npy", tool_label)
-        np.save(tmp / "example_index.npy", example_index)
-        meta = {
-            "format": CACHE_FORMAT,
-            "key": key,
-            "backbone": backbone.name,
-            "revision": backbone.revision,
-            "data_digest": data_digest,
-            "dtype": dtype,
-            "n_examples": len(encoded),
-            "n_positions": n,
-            "n_tool_positions": int((tool_label >= 0).sum()),
-            "hidden_size": d,
-            "n_tokens": n_tokens,
-            "prefix_tokens": len(prefix_ids or []),
-            "build_seconds": round(seconds, 3),
-            "tokens_per_second": round(n_tokens / max(seconds, 1e-9), 1),
-        }
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-        try:
-            tmp.rename(final)
-        except OSError:  # built concurrently by another process: keep theirs
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    log.info("feature cache built: %d positions, %.1f tok/s, %s", n, meta["tokens_per_second"], final)
-    return FeatureCache.open(final)
+
+def _write_cache(tmp: Path, encoded, keep, starts, n: int, d: int, np_dtype, world_size: int, backbone: Backbone,
+                 batches, prefix, progress: bool, desc: str, t0: float, meta_fields: dict) -> dict:
+    """Fill `tmp` with the cache's files: from this process's own pass
+    (world_size 1) or from the ranks' shards in tmp/shards (then removed)."""
+    # h goes straight to disk with positioned writes (not a writable
+    # memmap, whose dirty pages would count against the process's RSS);
+    # the per-position scalars are small and stay in RAM until the end.
+    h_writer = _RowWriter(tmp / "h.npy", np_dtype, (n, d))
+    scalars = {name: np.zeros(n, dtype=np.float32) for name in ("logsumexp", "gold_logit", "max_logit")}
+    tool_label = np.concatenate([e.tool_label[k] for e, k in zip(encoded, keep)]).astype(np.int16)
+    example_index = np.concatenate([np.full(len(k), i, dtype=np.int32) for i, k in enumerate(keep)])
+    n_tokens = 0
+    if world_size == 1:
+        for i, h, a, g, m, nt in _batch_features(backbone, encoded, keep, batches, prefix, np_dtype, progress, desc):
+            if i is None:
+                n_tokens += nt
+                continue
+            s, e = starts[i], starts[i + 1]
+            h_writer.write_rows(s, h)
+            scalars["logsumexp"][s:e], scalars["gold_logit"][s:e], scalars["max_logit"][s:e] = a, g, m
+    else:
+        for r in range(world_size):
+            shard = tmp / "shards" / f"rank{r}"
+            examples = np.load(shard / "examples.npy")
+            counts = np.array([len(keep[i]) for i in examples], dtype=np.int64)
+            offsets = np.concatenate([[0], np.cumsum(counts)])
+            h_all = np.memmap(shard / "h.bin", dtype=np_dtype, mode="r", shape=(int(offsets[-1]), d)) \
+                if offsets[-1] else np.zeros((0, d), np_dtype)
+            vals = {name: np.load(shard / f"{name}.npy") for name in scalars}
+            for j, i in enumerate(examples):
+                s, e, o, p = starts[i], starts[i + 1], offsets[j], offsets[j + 1]
+                h_writer.write_rows(s, h_all[o:p])
+                for name in scalars:
+                    scalars[name][s:e] = vals[name][o:p]
+            n_tokens += json.loads((shard / "n_tokens.json").read_text())
+            del h_all
+        shutil.rmtree(tmp / "shards")
+    seconds = time.perf_counter() - t0
+    h_writer.close()
+    for name, arr in scalars.items():
+        np.save(tmp / f"{name}.npy", arr)
+    np.save(tmp / "tool_label.npy", tool_label)
+    np.save(tmp / "example_index.npy", example_index)
+    meta = {
+        "format": CACHE_FORMAT,
+        "key": meta_fields["key"],
+        "backbone": backbone.name,
+        "revision": backbone.revision,
+        "data_digest": meta_fields["data_digest"],
+        "dtype": meta_fields["dtype"],
+        "n_examples": len(encoded),
+        "n_positions": n,
+        "n_tool_positions": int((tool_label >= 0).sum()),
+        "hidden_size": d,
+        "n_tokens": n_tokens,
+        "prefix_tokens": len(meta_fields["prefix_ids"] or []),
+        "build_seconds": round(seconds, 3),
+        "tokens_per_second": round(n_tokens / max(seconds, 1e-9), 1),
+    }
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+    return meta

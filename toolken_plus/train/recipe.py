@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from toolken_plus import distributed
 from toolken_plus.adapter import ToolkenHead
 from toolken_plus.backbone import DEFAULT_BACKBONE, Backbone, backbone_spec, build_backbone
 from toolken_plus.config import as_config, cache_dir, to_plain
@@ -60,6 +61,8 @@ class Recipe:
         self.lock.release()
 
     def run(self) -> dict:
+        if distributed.rank() > 0:
+            return self.run_helper()
         try:
             self.setup()
             metrics = self.train()
@@ -68,19 +71,33 @@ class Recipe:
             self.close()
         return metrics
 
+    def run_helper(self) -> dict:
+        """A torchrun rank > 0 (toolken_plus/distributed.py): help build what
+        is built together, then stop; rank 0 trains and writes the run dir.
+        Here: nothing (this recipe trains on rank 0 alone)."""
+        log.info("rank %d of a torchrun launch: %s trains on rank 0 alone", distributed.rank(), type(self).__name__)
+        return {}
+
     def write_metrics(self) -> None:
         atomic_write(self.run_dir / "metrics.json", lambda p: Path(p).write_text(json.dumps(self.metrics, indent=2)))
         self.logger.finish()
 
 
 class TrainToolkensRecipe(Recipe):
+    def run_helper(self) -> dict:
+        """A torchrun rank > 0: build the feature caches with the other ranks
+        (each forwards its share of the batches), then stop."""
+        self.setup(caches_only=True)
+        return {}
+
     # ---------------------------------------------------------------- setup
-    def setup(self) -> None:
+    def setup(self, caches_only: bool = False) -> None:
         cfg = validate_config(self.cfg)
         if not isinstance(cfg.task, Task):
             raise ValueError("task=… is required (e.g. experiment=gsm8k_xl, or task=custom …)")
         seed_everything(cfg.seed)
-        self.lock.acquire()  # released by close(); a second training here fails now, naming this pid
+        if not caches_only:
+            self.lock.acquire()  # released by close(); a second training here fails now, naming this pid
         # checkpoint=… tools.add=[…]: enlarge a trained head instead of starting one
         self.addition = ToolAddition.from_config(cfg)
         self.task: Task = self.addition.task_for(cfg.task) if self.addition else cfg.task
@@ -115,6 +132,8 @@ class TrainToolkensRecipe(Recipe):
                           if self.val_enc else None)
         if self.val_cache is None:
             log.warning("no validation examples: the logit bias stays 0 and no validation metrics are computed")
+        if caches_only:
+            return
         self.head = (self.addition.build_head(seed=cfg.seed) if self.addition
                      else ToolkenHead(tool_names, self.backbone.hidden_size, seed=cfg.seed))
         self.logger = build_logger(cfg.logger, self.run_dir, to_plain(cfg))
