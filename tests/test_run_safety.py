@@ -184,6 +184,26 @@ def test_temp_files_of_killed_runs_are_removed_and_live_ones_kept(tiny_backbone,
     assert remove_stale_temps(tmp_path / "nothing_here") == []
 
 
+def test_temp_dirs_of_another_machine_are_kept_for_a_day(tmp_path):
+    """A folder shared by machines (SLURM jobs, multi-node torchrun): a pid
+    that is dead here may be alive there, so only this machine's temps are
+    judged by pid; the other machine's wait until they are a day old."""
+    from toolken_plus.rundir import host_tag, make_temp_dir
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    other = "0" * 8 if host_tag() != "0" * 8 else "1" * 8
+    mine_dead = tmp_path / f".tmp-{dead.pid}-h{host_tag()}-abcdefgh"
+    theirs, theirs_old = tmp_path / f".tmp-{dead.pid}-h{other}-abcdefgh", tmp_path / f".tmp-{dead.pid}-h{other}-zz"
+    for d in (mine_dead, theirs, theirs_old):
+        d.mkdir()
+    os.utime(theirs_old, (time.time() - 2 * 86400,) * 2)
+    live = make_temp_dir(tmp_path)
+    assert live.name.startswith(f".tmp-{os.getpid()}-h{host_tag()}-")
+    assert sorted(remove_stale_temps(tmp_path)) == sorted([mine_dead, theirs_old])
+    assert theirs.exists() and live.exists()
+
+
 # --------------------------------------------------------------------- config
 
 @pytest.mark.parametrize("override, option", [

@@ -6,6 +6,9 @@
   the pid of its writer in its name (`.tmp-<pid>-…`, `.<name>.<pid>.…`), so a
   later run can tell the leftovers of a process that died (kill -9, power
   loss) from the work of one that is still running, and remove only those.
+  Temp folders also carry a tag of their machine (`.tmp-<pid>-h<host>-…`):
+  a pid means nothing on another machine sharing the folder (SLURM jobs,
+  multi-node torchrun), so another machine's temp is left for a day.
 - `RunDirLock`: one process at a time in a run dir. Two trainings writing
   the same toolkens, checkpoint and metrics would leave files that
   contradict each other; the second one fails at once, naming the holder.
@@ -15,10 +18,12 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import logging
 import os
 import re
 import shutil
+import socket
 import tempfile
 import time
 from pathlib import Path
@@ -26,8 +31,9 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 LOCK_NAME = ".lock"
-# `.tmp-<pid>-<random>` (folders) and `.<target name>.<pid>.<random>` (files).
-_TEMP_DIR = re.compile(r"\.tmp-(\d+)-")
+# `.tmp-<pid>-h<host tag>-<random>` (folders; older: `.tmp-<pid>-<random>`)
+# and `.<target name>.<pid>.<random>` (files).
+_TEMP_DIR = re.compile(r"\.tmp-(\d+)-(?:h([0-9a-f]{8})-)?")
 _TEMP_FILE = re.compile(r"\..+\.(\d+)\.[^.]+$")
 # Temp names from before the pid was recorded: removed once clearly abandoned.
 _LEGACY_AGE_S = 24 * 3600
@@ -47,10 +53,15 @@ def atomic_write(target: Path, write) -> None:
         raise
 
 
+def host_tag() -> str:
+    """8 hex digits naming this machine (a hash of its hostname)."""
+    return hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
+
+
 def make_temp_dir(parent: Path) -> Path:
-    """A temp folder in `parent` whose name records this process's pid."""
+    """A temp folder in `parent` whose name records this process's pid and machine."""
     parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(dir=parent, prefix=f".tmp-{os.getpid()}-"))
+    return Path(tempfile.mkdtemp(dir=parent, prefix=f".tmp-{os.getpid()}-h{host_tag()}-"))
 
 
 def pid_alive(pid: int) -> bool:
@@ -69,7 +80,8 @@ def remove_stale_temps(folder: Path) -> list[Path]:
     """Remove temp files/folders in `folder` left by processes that are gone.
 
     A temp of a live process is kept (it may be mid-write); one whose name
-    carries no pid (older versions) only when it is a day old. Returns what
+    carries no pid (older versions) or another machine's tag is removed only
+    when it is a day old. Returns what
     was removed."""
     removed = []
     if not folder.is_dir():
@@ -80,9 +92,10 @@ def remove_stale_temps(folder: Path) -> list[Path]:
         if not name.startswith("."):
             continue
         m = _TEMP_DIR.match(name) or (_TEMP_FILE.match(name) if entry.is_file() else None)
-        if m:
+        other_host = m is not None and m.re is _TEMP_DIR and m.group(2) not in (None, host_tag())
+        if m and not other_host:
             stale = not pid_alive(int(m.group(1)))
-        elif name.startswith(".tmp-"):
+        elif name.startswith(".tmp-"):  # another machine's, or one without a pid
             try:
                 stale = now - entry.stat().st_mtime > _LEGACY_AGE_S
             except FileNotFoundError:
