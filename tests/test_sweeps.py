@@ -7,7 +7,7 @@ import json
 
 import pytest
 import yaml
-from conftest import GSM8K_XL, run_entry_point
+from conftest import GSM8K_XL, PROJECT_ROOT, run_entry_point
 
 from toolken_plus.cli.sweep_summary import write_summary
 
@@ -60,3 +60,19 @@ def test_local_multirun_writes_the_summary(tmp_path):
     for r in rows:
         assert r["val/f1"] == str(json.loads((tmp_path / "sweep" / r["job"] / "metrics.json").read_text())["val/f1"])
     assert "trainer.epochs=2" in (tmp_path / "sweep" / "sweep_summary.md").read_text()
+
+
+@pytest.mark.slow
+def test_submitit_local_sweep_writes_the_summary(tmp_path, monkeypatch):
+    """The submitit launcher (its local executor: the same code path as SLURM
+    without a cluster) runs the jobs, then the summary is written (~45 s)."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="pip install -e '.[slurm]'")
+    # the jobs are new interpreters started by submitit: they import this checkout
+    monkeypatch.setenv("PYTHONPATH", str(PROJECT_ROOT))
+    args = ["-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5", *GSM8K_XL, "model=tiny_random",
+            "data.limit_train=16", "data.limit_eval=8", "trainer.epochs=1,2", "trainer.progress=false",
+            f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    proc = run_entry_point("train.py", args, tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = list(csv.DictReader((tmp_path / "sweep" / "sweep_summary.csv").open()))
+    assert [(r["overrides"], r["status"]) for r in rows] == [("trainer.epochs=1", "ok"), ("trainer.epochs=2", "ok")]
