@@ -19,6 +19,7 @@ from toolken_plus.adapter import ToolkenConfig, ToolkenHead, apply_lora, checkpo
 from toolken_plus.adapter.text_run import TextRunRecord
 from toolken_plus.backbone import DEFAULT_BACKBONE, SMOLLM2_135M, Backbone, build_backbone
 from toolken_plus.config import as_config, cache_dir, to_plain
+from toolken_plus.config.device import resolve_placement
 from toolken_plus.config.methods import METHODS, ToolkensMethod
 from toolken_plus.config.schema import AgentConfig, DataConfig, InferConfig
 from toolken_plus.config.validation import validate_config
@@ -59,9 +60,11 @@ class Inference:
         self.task = self._task(cfg.task)
         self.root = task_root(cfg.data, self.task)
         if backbone is None and not agent.gold_plans:  # gold plans need no model
+            placement = resolve_placement(cfg)  # device=cuda without a GPU stops here
             t0 = time.perf_counter()
-            backbone = build_backbone(self._model_spec(cfg.model), cache_dir(cfg))
-            log.info("backbone %s loaded in %.1f s", backbone.name, time.perf_counter() - t0)
+            backbone = build_backbone(self._model_spec(cfg.model), cache_dir(cfg), placement)
+            log.info("backbone %s loaded in %.1f s on %s (%s)", backbone.name, time.perf_counter() - t0,
+                     backbone.device, backbone.model.dtype)
         if self.method.name == "lora" and backbone is not None:
             backbone = apply_lora(backbone, cfg.checkpoint)  # merged into the weights: the decoding paths stay the same
         self.backbone = backbone
@@ -74,6 +77,8 @@ class Inference:
         self.head = None
         if agent.use_tools and not self.method.text_calls:
             self.head = ToolkenHead.from_pretrained(cfg.checkpoint, backbone=backbone, tool_docs=docs)
+            if backbone is not None:  # the head (and its rerank rows) where the hidden states come out
+                self.head.to(backbone.output_device)
         self.reranker = (cfg.reranker or NoRerank()).build(backbone, self.head, docs) if self.head is not None else None
         self.prompt = _as_prompt(prompt) if prompt is not None else None
 

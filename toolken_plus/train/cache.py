@@ -87,7 +87,11 @@ class _RowWriter:
 
 def cache_key(backbone: Backbone, encoded: list[Encoded], dtype: str, data_digest: str | None = None) -> str:
     h = hashlib.sha256()
-    h.update(json.dumps([CACHE_FORMAT, backbone.name, backbone.revision, dtype]).encode())
+    parts = [CACHE_FORMAT, backbone.name, backbone.revision, dtype]
+    model_dtype = getattr(getattr(backbone, "model", None), "dtype", torch.float32)
+    if model_dtype != torch.float32:  # features of a bfloat16/float16 backbone (dtype=…) are other features
+        parts.append(str(model_dtype))
+    h.update(json.dumps(parts).encode())
     h.update((data_digest or encodings_digest(encoded)).encode())
     return h.hexdigest()[:20]
 
@@ -178,7 +182,7 @@ def build_feature_cache(
 
         t0, n_tokens = time.perf_counter(), 0
         batches = length_batches([len(e) for e in encoded], max_tokens_per_batch)
-        w_vocab = backbone.lm_head.weight
+        w_vocab = backbone.lm_head.weight.float()  # the reductions run in float32 (a no-op for float32 backbones)
         pad_id = backbone.tokenizer.pad_token_id
         prefix = prefix_row(backbone, list(prefix_ids)) if prefix_ids else None
         for batch in tqdm(batches, desc=desc, disable=not progress, unit="batch"):
@@ -196,9 +200,11 @@ def build_feature_cache(
             rows = [(r, i) for r, i in enumerate(batch) if len(keep[i])]
             if not rows:
                 continue
-            sel_h = torch.cat([hidden[r, torch.from_numpy(keep[i])] for r, i in rows]).float()
-            gold = torch.cat([torch.from_numpy(encoded[i].next_token[keep[i]]) for _, i in rows])
-            a, g, m = head_reductions(sel_h, w_vocab, gold)
+            sel_h = torch.cat([hidden[r, torch.from_numpy(keep[i]).to(hidden.device)] for r, i in rows]).float()
+            gold = torch.cat([torch.from_numpy(encoded[i].next_token[keep[i]]) for _, i in rows]).to(sel_h.device)
+            # (on the backbone's device; what is written goes back to the CPU)
+            a, g, m = (t.cpu() for t in head_reductions(sel_h, w_vocab, gold))
+            sel_h = sel_h.cpu()
             pos = 0
             for _, i in rows:
                 s, e = starts[i], starts[i + 1]

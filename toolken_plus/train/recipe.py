@@ -24,6 +24,7 @@ import torch
 from toolken_plus.adapter import ToolkenHead
 from toolken_plus.backbone import DEFAULT_BACKBONE, Backbone, backbone_spec, build_backbone
 from toolken_plus.config import as_config, cache_dir, to_plain
+from toolken_plus.config.device import resolve_placement
 from toolken_plus.config.schema import TrainConfig
 from toolken_plus.config.validation import validate_config
 from toolken_plus.data.encoding import context_start_ids
@@ -77,6 +78,8 @@ class TrainToolkensRecipe(Recipe):
     # ---------------------------------------------------------------- setup
     def setup(self) -> None:
         cfg = validate_config(self.cfg)
+        # device=cuda without a GPU stops here, before any data or model is loaded
+        self.placement = resolve_placement(cfg)
         if not isinstance(cfg.task, Task):
             raise ValueError("task=… is required (e.g. experiment=gsm8k_xl, or task=custom …)")
         seed_everything(cfg.seed)
@@ -92,8 +95,9 @@ class TrainToolkensRecipe(Recipe):
         self.model_spec = cfg.model or DEFAULT_BACKBONE
         if self.backbone is None:
             t0 = time.perf_counter()
-            self.backbone = build_backbone(self.model_spec, cache_dir(cfg))
-            log.info("backbone %s loaded in %.1f s", self.backbone.name, time.perf_counter() - t0)
+            self.backbone = build_backbone(self.model_spec, cache_dir(cfg), self.placement)
+            log.info("backbone %s loaded in %.1f s on %s (%s)", self.backbone.name, time.perf_counter() - t0,
+                     self.backbone.device, self.backbone.model.dtype)
         if self.addition:
             self.addition.check(self.data, self.task.name, self.backbone, task_root(cfg.data, self.task))
         tool_names = self.addition.tool_names if self.addition else self.data.tool_names
