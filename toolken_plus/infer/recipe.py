@@ -196,7 +196,43 @@ def run_inference(cfg, run_dir: str | Path, backbone: Backbone | None = None, *,
                                      resume=cfg.resume, info=setup.info(predictor))
         finally:
             getattr(predictor, "close", lambda: None)()  # ends the tool worker processes
+        log_inference(cfg, run_dir, metrics, rows)
     return metrics, rows, setup.task
+
+
+def log_inference(cfg: InferConfig, run_dir: str | Path, metrics: dict, rows: list[dict]) -> None:
+    """logger=wandb: the metrics (nested ones flattened, `per_tool/add/f1`) and
+    a `predictions` table (one row per prediction; lists and dicts as JSON).
+    logger=none: nothing (the run dir has metrics.json and predictions.jsonl)."""
+    if cfg.logger is None or getattr(cfg.logger, "name", None) == "none":
+        return
+    from toolken_plus.train.loggers import build_logger
+
+    logger = build_logger(cfg.logger, Path(run_dir), to_plain(cfg), log_file="infer_log.jsonl", job_type="infer")
+    try:
+        logger.log(_flat_numbers(metrics))
+        columns = list(dict.fromkeys(k for row in rows for k in row))
+        logger.log_table("predictions", columns, [[_cell(row.get(c)) for c in columns] for row in rows])
+    finally:
+        logger.finish()
+
+
+def _flat_numbers(metrics: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in metrics.items():
+        if isinstance(v, dict):
+            out.update(_flat_numbers(v, f"{prefix}{k}/"))
+        elif isinstance(v, (int, float)):  # (bools as 0/1)
+            out[f"{prefix}{k}"] = float(v) if isinstance(v, bool) else v
+    return out
+
+
+def _cell(value):
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    import json
+
+    return json.dumps(value, default=str)
 
 
 def _as_prompt(prompt) -> FewShotPrompt:

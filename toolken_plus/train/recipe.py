@@ -127,6 +127,7 @@ class TrainToolkensRecipe(Recipe):
             seed=cfg.seed, frozen_rows=self.addition.n_old if self.addition else 0, resume=cfg.resume,
             # A checkpoint is resumed only by a run on the same task and data selection.
             run_identity={"task": self.task.name, "limit_train": cfg.data.limit_train, "max_length": max_len},
+            val=CachedFeatures(self.val_cache) if self.val_cache is not None else None,
         )
 
     # ---------------------------------------------------------------- train
@@ -139,7 +140,7 @@ class TrainToolkensRecipe(Recipe):
         metrics: dict = {}
         bias = float(self.head.logit_bias)  # 0, or the base checkpoint's when adding tools
         if self.val_cache is not None:
-            val = CachedFeatures(self.val_cache)
+            val = self.trainer.val
             metrics = {"val_bias0/" + k[4:]: v for k, v in evaluate_head(self.head, val, bias=0.0).items()}
             if self.addition is None or self.addition.recalibrate_bias:
                 bias = calibrate_head_bias(self.head, val, tuple(self.cfg.calibration.grid))
@@ -172,7 +173,7 @@ class TrainToolkensRecipe(Recipe):
         t0 = time.perf_counter()
         out = fit_reranker(spec, self.backbone, self.head, prefix=self.task.shared_prefix, tool_docs=self.data.tool_docs,
                            train_enc=self.train_enc, train_feats=self.trainer.data, val_enc=self.val_enc,
-                           val_feats=CachedFeatures(self.val_cache) if self.val_cache is not None else None,
+                           val_feats=self.trainer.val,
                            seed=self.cfg.seed, progress=self.cfg.trainer.progress,
                            frozen_tools=self.addition.n_old if self.addition else 0,
                            trainer_cfg=self.cfg.trainer, grid=tuple(self.cfg.calibration.grid),
