@@ -128,3 +128,16 @@ def test_infer_without_a_logger_writes_no_log(tmp_path, tiny_backbone, data_root
                       agent=AgentConfig(setting="no_tools", batch_size=2, max_new_tokens=4, progress=False))
     run_inference(cfg, tmp_path / "inf", backbone=tiny_backbone)
     assert fake_wandb.runs == [] and not (tmp_path / "inf" / "infer_log.jsonl").exists()
+
+
+def test_real_wandb_offline_accepts_names_groups_and_the_table(tmp_path, monkeypatch):
+    """The real wandb, offline into tmp_path: our init arguments and Table are ones it takes."""
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    logger = build_logger(Wandb(project="t", run_name="seed=1", group="sweep"), tmp_path / "run", {"seed": 1},
+                          log_file="infer_log.jsonl", job_type="infer")
+    logger.log({"accuracy": 0.5})
+    logger.log_table("predictions", ["question", "correct", "calls"], [["1+1?", True, "[]"], ["2+2?", None, "[]"]])
+    logger.finish()
+    assert list((tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb"))
