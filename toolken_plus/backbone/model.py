@@ -98,7 +98,9 @@ class Backbone:
         if position_ids is not None:
             kwargs["position_ids"] = position_ids
         out = body(input_ids=input_ids, attention_mask=attention_mask, use_cache=use_cache, **kwargs)
-        return out.last_hidden_state, (_output_cache(out) if use_cache else None)
+        # where lm_head (and the toolken head) lives: a no-op unless a device_map put the final norm elsewhere
+        hidden = out.last_hidden_state.to(self.output_device)
+        return hidden, (_output_cache(out) if use_cache else None)
 
     def make_cache(self, layers: list[tuple], headroom: int = 0):
         """A KV cache object from per-layer (keys, values) tensors [B, heads, T, dim].
