@@ -83,8 +83,10 @@ class ToolkenHead(nn.Module):
         return self.weight.shape[0]
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Raw toolken scores W_τ h (without the bias)."""
-        return hidden @ self.weight.T
+        """Raw toolken scores W_τ h (without the bias), on the head's device and
+        in its dtype (hidden states of a bfloat16 backbone are cast up; on the
+        head's own device and dtype this is a no-op)."""
+        return hidden.to(self.weight.device, self.weight.dtype) @ self.weight.T
 
     # ------------------------------------------------------------------ io
     def save_pretrained(self, out_dir: str | Path, *, backbone=None, model_spec: dict | None = None,

@@ -121,6 +121,7 @@ def load_backbone(
     dtype: str = "float32",
     cache_dir: str | None = None,
     display_name: str | None = None,
+    device_map: str | None = None,
 ) -> Backbone:
     """Load any HF causal LM, frozen.
 
@@ -128,23 +129,27 @@ def load_backbone(
       `name_or_path`): converted once, then loaded from the cached folder;
     - a local directory or a hub id: `from_pretrained` as usual (offline
       machines need the weights already in the HF cache).
+
+    `device_map` (e.g. "auto") is passed to `from_pretrained` (accelerate
+    places the layers over the visible GPUs and the CPU).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch_dtype = getattr(torch, dtype)
+    placed = {"device_map": device_map} if device_map else {}
     if gguf_file is None and name_or_path and str(name_or_path).endswith(".gguf"):
         gguf_file, name_or_path = name_or_path, None
     if gguf_file is not None:
         gguf_path = resolve_gguf_path(gguf_file, gguf_package)
         folder, digest = convert_gguf(gguf_path, cache_dir)
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype, **placed)
         tokenizer = AutoTokenizer.from_pretrained(folder)
         name = display_name or gguf_path.name
         rev = f"sha256:{digest[:16]}"
     else:
         if not name_or_path:
             raise ValueError("model.name_or_path (a hub id or local directory) or model.gguf_file is required")
-        model = AutoModelForCausalLM.from_pretrained(name_or_path, revision=revision, dtype=torch_dtype)
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, revision=revision, dtype=torch_dtype, **placed)
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, revision=revision)
         name = display_name or str(name_or_path)
         rev = revision or getattr(model.config, "_commit_hash", None) or _dir_revision(name_or_path)
@@ -268,9 +273,12 @@ class HFBackbone:
 
     kind: ClassVar[str] = "hf"
 
-    def load(self, cache_dir: str | Path | None = None) -> Backbone:
+    def load(self, cache_dir: str | Path | None = None, *, dtype: str | None = None,
+             device_map: str | None = None) -> Backbone:
+        """dtype: overrides self.dtype (the top-level option dtype=); device_map: see load_backbone."""
         return load_backbone(self.name_or_path, gguf_file=self.gguf_file, gguf_package=self.gguf_package,
-                             revision=self.revision, dtype=self.dtype, cache_dir=cache_dir, display_name=self.display_name)
+                             revision=self.revision, dtype=dtype or self.dtype, cache_dir=cache_dir,
+                             display_name=self.display_name, device_map=device_map)
 
 
 @dataclass
@@ -314,12 +322,36 @@ def spec_from_record(record: dict):
     return cls(**{k: v for k, v in record.items() if k in names})
 
 
-def build_backbone(spec, cache_dir: str | Path | None = None) -> Backbone:
+def build_backbone(spec, cache_dir: str | Path | None = None, placement=None) -> Backbone:
     """A backbone from a spec object (HFBackbone, TinyRandomBackbone, or
-    anything with `load(cache_dir)`) or a recorded spec dict."""
+    anything with `load(cache_dir)`) or a recorded spec dict, placed as
+    `placement` (config/device.py: device, dtype, device_map) says; None:
+    as loaded (CPU, the spec's dtype)."""
     if isinstance(spec, dict):
         spec = spec_from_record(spec)
-    return spec.load(cache_dir)
+    if placement is None:
+        return spec.load(cache_dir)
+    dtype, device_map = placement.dtype, placement.device_map
+    if device_map is not None:
+        if not isinstance(spec, HFBackbone):
+            raise ValueError(f"device_map={device_map} applies to HF backbones (model=hf / smollm2_135m), "
+                             f"not {type(spec).__name__}: drop it")
+        backbone = spec.load(cache_dir, dtype=str(dtype).removeprefix("torch.") if dtype else None, device_map=device_map)
+        return backbone  # accelerate placed the layers; inputs follow backbone.device
+    if isinstance(spec, HFBackbone) and dtype is not None:
+        # converted once, straight into the asked precision (no float32 copy first)
+        backbone = spec.load(cache_dir, dtype=str(dtype).removeprefix("torch."))
+    else:
+        backbone = spec.load(cache_dir)
+    return place_backbone(backbone, placement)
+
+
+def place_backbone(backbone: Backbone, placement) -> Backbone:
+    """Move a loaded backbone to placement.device (and dtype, when given)."""
+    if getattr(backbone.model, "hf_device_map", None) and len(set(backbone.model.hf_device_map.values())) > 1:
+        return backbone  # spread by accelerate: leave it where it is
+    backbone.model.to(device=placement.device, dtype=placement.dtype)
+    return backbone
 
 
 DEFAULT_BACKBONE = HFBackbone(gguf_file=SMOLLM2_135M["gguf_file"], gguf_package=SMOLLM2_135M["gguf_package"],

@@ -32,6 +32,18 @@ class Backbone:
         return self.model.config.hidden_size
 
     @property
+    def device(self) -> torch.device:
+        """Where inputs go: the device of the input embeddings (with a
+        device_map, the first layer's; otherwise the whole model's)."""
+        return self.model.get_input_embeddings().weight.device
+
+    @property
+    def output_device(self) -> torch.device:
+        """Where the final hidden states come out, and the lm_head (and so the
+        toolken head) lives: the same as `device` unless a device_map spreads the model."""
+        return self.lm_head.weight.device
+
+    @property
     def lm_head(self) -> nn.Linear:
         return self.model.get_output_embeddings()
 
@@ -61,6 +73,13 @@ class Backbone:
 
     def _body(self, input_ids, attention_mask, position_ids, cache, use_cache, **attention_kwargs):
         body = self.model.get_decoder()
+        # Ids, masks and positions made by our code (on the CPU) follow the model.
+        device = self.device
+        input_ids = input_ids.to(device)
+        if isinstance(attention_mask, torch.Tensor):
+            attention_mask = attention_mask.to(device)
+        if position_ids is not None:
+            position_ids = position_ids.to(device)
         kwargs = dict(attention_kwargs)
         window = self.sliding_window
         if window is not None and "shared_prefix" not in kwargs and not isinstance(attention_mask, dict):
@@ -79,7 +98,9 @@ class Backbone:
         if position_ids is not None:
             kwargs["position_ids"] = position_ids
         out = body(input_ids=input_ids, attention_mask=attention_mask, use_cache=use_cache, **kwargs)
-        return out.last_hidden_state, (_output_cache(out) if use_cache else None)
+        # where lm_head (and the toolken head) lives: a no-op unless a device_map put the final norm elsewhere
+        hidden = out.last_hidden_state.to(self.output_device)
+        return hidden, (_output_cache(out) if use_cache else None)
 
     def make_cache(self, layers: list[tuple], headroom: int = 0):
         """A KV cache object from per-layer (keys, values) tensors [B, heads, T, dim].
@@ -156,12 +177,14 @@ def window_masks(config, window: int, attention_mask, position_ids, past: int, n
     column indices, as the model itself assumes. A query always sees itself,
     so a padding query gets finite garbage, not NaN."""
     B, K = (position_ids.shape[0] if position_ids is not None else 1), past + new
+    given = attention_mask if attention_mask is not None else position_ids
+    device = given.device if given is not None else None
     if attention_mask is not None:
         B = attention_mask.shape[0]
         real = attention_mask.bool()
     else:
-        real = torch.ones(B, K, dtype=torch.bool)
-    col = torch.arange(K)
+        real = torch.ones(B, K, dtype=torch.bool, device=device)
+    col = torch.arange(K, device=device)
     if position_ids is None:
         kpos = col.expand(B, K)
     else:
@@ -175,7 +198,7 @@ def window_masks(config, window: int, attention_mask, position_ids, past: int, n
     lowest = torch.finfo(dtype).min
 
     def additive(visible):
-        return torch.zeros(visible.shape, dtype=dtype).masked_fill_(~visible, lowest)[:, None]
+        return torch.zeros(visible.shape, dtype=dtype, device=visible.device).masked_fill_(~visible, lowest)[:, None]
 
     types = getattr(config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config, "layer_types", None)
     if types is None:

@@ -112,6 +112,15 @@ class RunConfig:
     method: Any = None  # a method spec (config/methods.py): toolkens | icl | lora; None = toolkens
     logger: Any = None  # a logger spec (train/loggers.py); None = the run dir's JSONL log only
     seed: int = 0
+    # Where the backbone (and the toolken head, rerankers, KV rows) run (config/device.py):
+    # auto = cuda if torch.cuda.is_available() else cpu; cpu; cuda; cuda:N.
+    device: str = "auto"
+    # The backbone's precision: null = its own (model.dtype, float32 for every shipped backbone,
+    # as before this option); float32 | bfloat16 | float16 | auto (cuda: bfloat16 if supported, else float16).
+    dtype: Optional[str] = None
+    # HF backbones larger than one GPU: auto (or balanced, balanced_low_0, sequential) is passed to
+    # from_pretrained(device_map=…) (accelerate); null: the whole backbone on `device`.
+    device_map: Optional[str] = None
     # Rerunning into an existing run dir resumes it (training from the last
     # epoch, inference from the last prediction; same settings required);
     # resume=false starts over and replaces it.

@@ -64,6 +64,17 @@ def one_of(*choices: str) -> tuple[Callable, str]:
     return (lambda v: v in choices), "one of " + ", ".join(choices)
 
 
+def optional_one_of(*choices: str) -> tuple[Callable, str]:
+    return (lambda v: v is None or v in choices), "one of " + ", ".join(choices) + " or null"
+
+
+def device_string() -> tuple[Callable, str]:
+    import re
+
+    return (lambda v: isinstance(v, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", v) is not None,
+            "auto, cpu, cuda or cuda:N (auto: cuda if available, else cpu)")
+
+
 def boolean() -> tuple[Callable, str]:
     return (lambda v: isinstance(v, bool)), "true or false"
 
@@ -82,6 +93,9 @@ GRID = (_grid_ok, "[low, high, step] with finite numbers, low <= high, step > 0 
 RULES: dict[str, tuple[Callable, str]] = {
     "seed": integer(),
     "resume": boolean(),
+    "device": device_string(),
+    "dtype": optional_one_of("float32", "bfloat16", "float16", "auto"),
+    "device_map": optional_one_of("auto", "balanced", "balanced_low_0", "sequential"),
     "data.limit_train": integer(1, optional=True),
     "data.limit_eval": integer(1, optional=True),
     "data.max_length": integer(2),

@@ -110,7 +110,9 @@ class BatchCache:
     def keep(self, rows: list[int]) -> None:
         """Drop the other rows (at the tail of a run, to stop computing them)."""
         idx = torch.tensor(rows, dtype=torch.long)
-        self._set_layers([(k.index_select(0, idx), v.index_select(0, idx)) for k, v in self._layers()])
+        # (the KV layers live on the backbone's device, the bookkeeping below on the CPU)
+        self._set_layers([(k.index_select(0, idx.to(k.device)), v.index_select(0, idx.to(v.device)))
+                          for k, v in self._layers()])
         self.mask = self.mask.index_select(0, idx)
         self.lengths = self.lengths.index_select(0, idx)
         self.offsets = self.offsets.index_select(0, idx)

@@ -27,7 +27,9 @@ STATE_NAME = "predictions_state.json"
 # Settings that change how many examples are answered, how fast or how they
 # are shown, but not any answer: a rerun may change them and still resume.
 NOT_IN_FINGERPRINT = ("data.limit_eval", "data.limit_train", "agent.batch_size", "agent.progress", "agent.show", "resume",
-                      "logger", "cache_dir", "trainer", "cache", "calibration", "tools", "stage")
+                      "logger", "cache_dir", "trainer", "cache", "calibration", "tools", "stage",
+                      # where the model runs does not change what it predicts (dtype does: kept, unless the default)
+                      "device", "device_map")
 
 
 def settings_fingerprint(cfg: dict) -> dict:
@@ -41,6 +43,8 @@ def settings_fingerprint(cfg: dict) -> dict:
             node = node.get(p) if isinstance(node, dict) else None
         if isinstance(node, dict):
             node.pop(last, None)
+    if out.get("dtype", 0) is None:  # the default: fingerprints of runs from before the option still match
+        out.pop("dtype")
     ckpt = cfg.get("checkpoint")
     weights = Path(ckpt) / "toolkens.safetensors" if ckpt else None
     if weights is not None and weights.is_file():

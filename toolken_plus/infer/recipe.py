@@ -19,6 +19,7 @@ from toolken_plus.adapter import ToolkenConfig, ToolkenHead, apply_lora, checkpo
 from toolken_plus.adapter.text_run import TextRunRecord
 from toolken_plus.backbone import DEFAULT_BACKBONE, SMOLLM2_135M, Backbone, build_backbone
 from toolken_plus.config import as_config, cache_dir, to_plain
+from toolken_plus.config.device import resolve_placement
 from toolken_plus.config.methods import METHODS, ToolkensMethod
 from toolken_plus.config.schema import AgentConfig, DataConfig, InferConfig
 from toolken_plus.config.validation import validate_config
@@ -59,9 +60,11 @@ class Inference:
         self.task = self._task(cfg.task)
         self.root = task_root(cfg.data, self.task)
         if backbone is None and not agent.gold_plans:  # gold plans need no model
+            placement = resolve_placement(cfg)  # device=cuda without a GPU stops here
             t0 = time.perf_counter()
-            backbone = build_backbone(self._model_spec(cfg.model), cache_dir(cfg))
-            log.info("backbone %s loaded in %.1f s", backbone.name, time.perf_counter() - t0)
+            backbone = build_backbone(self._model_spec(cfg.model), cache_dir(cfg), placement)
+            log.info("backbone %s loaded in %.1f s on %s (%s)", backbone.name, time.perf_counter() - t0,
+                     backbone.device, backbone.model.dtype)
         if self.method.name == "lora" and backbone is not None:
             backbone = apply_lora(backbone, cfg.checkpoint)  # merged into the weights: the decoding paths stay the same
         self.backbone = backbone
@@ -74,6 +77,8 @@ class Inference:
         self.head = None
         if agent.use_tools and not self.method.text_calls:
             self.head = ToolkenHead.from_pretrained(cfg.checkpoint, backbone=backbone, tool_docs=docs)
+            if backbone is not None:  # the head (and its rerank rows) where the hidden states come out
+                self.head.to(backbone.output_device)
         self.reranker = (cfg.reranker or NoRerank()).build(backbone, self.head, docs) if self.head is not None else None
         self.prompt = _as_prompt(prompt) if prompt is not None else None
 
@@ -191,7 +196,43 @@ def run_inference(cfg, run_dir: str | Path, backbone: Backbone | None = None, *,
                                      resume=cfg.resume, info=setup.info(predictor))
         finally:
             getattr(predictor, "close", lambda: None)()  # ends the tool worker processes
+        log_inference(cfg, run_dir, metrics, rows)
     return metrics, rows, setup.task
+
+
+def log_inference(cfg: InferConfig, run_dir: str | Path, metrics: dict, rows: list[dict]) -> None:
+    """logger=wandb: the metrics (nested ones flattened, `per_tool/add/f1`) and
+    a `predictions` table (one row per prediction; lists and dicts as JSON).
+    logger=none: nothing (the run dir has metrics.json and predictions.jsonl)."""
+    if cfg.logger is None or getattr(cfg.logger, "name", None) == "none":
+        return
+    from toolken_plus.train.loggers import build_logger
+
+    logger = build_logger(cfg.logger, Path(run_dir), to_plain(cfg), log_file="infer_log.jsonl", job_type="infer")
+    try:
+        logger.log(_flat_numbers(metrics))
+        columns = list(dict.fromkeys(k for row in rows for k in row))
+        logger.log_table("predictions", columns, [[_cell(row.get(c)) for c in columns] for row in rows])
+    finally:
+        logger.finish()
+
+
+def _flat_numbers(metrics: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in metrics.items():
+        if isinstance(v, dict):
+            out.update(_flat_numbers(v, f"{prefix}{k}/"))
+        elif isinstance(v, (int, float)):  # (bools as 0/1)
+            out[f"{prefix}{k}"] = float(v) if isinstance(v, bool) else v
+    return out
+
+
+def _cell(value):
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    import json
+
+    return json.dumps(value, default=str)
 
 
 def _as_prompt(prompt) -> FewShotPrompt:

@@ -55,8 +55,9 @@ class TextGenerator:
             chunk = order[s : s + self.batch_size]
             width = max(len(encoded[i][0]) for i in chunk)
             pad = tok.pad_token_id
-            input_ids = torch.tensor([[pad] * (width - len(encoded[i][0])) + encoded[i][0] for i in chunk])
-            mask = torch.tensor([[0] * (width - len(encoded[i][0])) + [1] * len(encoded[i][0]) for i in chunk])
+            device = model.get_input_embeddings().weight.device  # device=… / device_map: the first layer's
+            input_ids = torch.tensor([[pad] * (width - len(encoded[i][0])) + encoded[i][0] for i in chunk], device=device)
+            mask = torch.tensor([[0] * (width - len(encoded[i][0])) + [1] * len(encoded[i][0]) for i in chunk], device=device)
             kwargs = dict(stop_strings=list(self.stop), tokenizer=tok) if self.stop else {}
             gen = model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=self.max_new_tokens,
                                  do_sample=False, pad_token_id=pad, **kwargs)

@@ -23,7 +23,7 @@ def empty_row(backbone: Backbone) -> list[tuple]:
     kv_heads = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
     head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
     dtype = next(backbone.model.parameters()).dtype
-    empty = torch.zeros(1, kv_heads, 0, head_dim, dtype=dtype)
+    empty = torch.zeros(1, kv_heads, 0, head_dim, dtype=dtype, device=backbone.device)
     return [(empty, empty.clone()) for _ in range(c.num_hidden_layers)]
 
 

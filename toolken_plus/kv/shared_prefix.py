@@ -82,9 +82,10 @@ class SharedPrefix:
         if self._bias is None or self._bias.shape[2] != heads_per_kv * q_len:
             keys = self.suffix_mask.shape[1]
             cached = keys - q_len
-            causal = torch.ones(q_len, keys, dtype=torch.bool).tril(cached)
+            device = self.suffix_mask.device
+            causal = torch.ones(q_len, keys, dtype=torch.bool, device=device).tril(cached)
             visible = self.suffix_mask.bool()[:, None, None, :] & causal
-            bias = torch.zeros(visible.shape, dtype=dtype).masked_fill_(~visible, torch.finfo(dtype).min)
+            bias = torch.zeros(visible.shape, dtype=dtype, device=device).masked_fill_(~visible, torch.finfo(dtype).min)
             self._bias = bias.repeat(1, 1, heads_per_kv, 1) if q_len > 1 else bias
         return self._bias
 
@@ -189,6 +190,9 @@ def supports_shared_prefix(backbone) -> bool:
 
 def _check(backbone) -> bool:
     c = backbone.model.config
+    if backbone.device.type != "cpu":  # _flash_attention is PyTorch's CPU kernel
+        log.info("shared-prefix attention off for %s: it runs on the CPU only", backbone.name)
+        return False
     layer_types = getattr(c, "layer_types", None) or []
     if any(t != "full_attention" for t in layer_types) or getattr(c, "attn_logit_softcapping", None) \
             or (getattr(c, "sliding_window", None) and getattr(c, "use_sliding_window", True)):

@@ -40,7 +40,8 @@ class EmbeddingReranker(RankOne):
         out = []
         for c, e, cands in zip(contexts, ctx, candidates):
             cos = self.doc_emb[cands] @ e
-            prob = torch.softmax(c.scores[cands].float(), dim=0)
+            # (the embedder runs on the CPU; stage-1 scores come from the backbone's device)
+            prob = torch.softmax(c.scores[cands].float().to(cos.device), dim=0)
             out.append(self.alpha * cos + (1 - self.alpha) * prob)
         return out
 

@@ -101,7 +101,8 @@ class LLMReranker(RankOne):
         """The rerank hidden states g, one per context."""
         jobs = [(c.layers, c.n, list(c.pending) + self.block_ids(cands), c.prefix) for c, cands in zip(contexts, candidates)]
         out = prefill_rows(self.backbone, jobs, keep_rows=False)
-        return torch.stack([h for _, _, h in out])
+        # where W_r lives and in its dtype (the backbone may run elsewhere, in bfloat16)
+        return torch.stack([h for _, _, h in out]).to(self.weight.device, self.weight.dtype)
 
     def rankings(self, g: torch.Tensor, candidates: list[list[int]], contexts: list[RerankContext]) -> list[list[Ranked]]:
         need_stage1 = min(self.mix, self.call_mix) < 1
@@ -184,9 +185,9 @@ def build_rerank_set(reranker: LLMReranker, mined: MinedSet, *, force_gold: bool
         contexts = mined.contexts.contexts([rows[j] for j in chunk], mined.scores[[rows[j] for j in chunk]])
         gs.append(reranker.states(contexts, [cands[j] for j in chunk]).float())
     d = reranker.weight.shape[1]
-    g = torch.zeros(len(rows), d)
+    g = torch.zeros(len(rows), d, device=reranker.weight.device)
     if gs:
-        g[torch.tensor(order)] = torch.cat(gs)
+        g[torch.tensor(order, device=g.device)] = torch.cat(gs)
     return RerankSet(g, torch.stack([candidate_mask(c, n) for c in cands]) if cands else torch.zeros(0, n + 1, dtype=torch.bool),
                      mined.labels.clone(), time.perf_counter() - t0,
                      mined.stage1_margins(rows) if rows else torch.zeros(0, n + 1),

@@ -88,7 +88,11 @@ class _RowWriter:
 
 def cache_key(backbone: Backbone, encoded: list[Encoded], dtype: str, data_digest: str | None = None) -> str:
     h = hashlib.sha256()
-    h.update(json.dumps([CACHE_FORMAT, backbone.name, backbone.revision, dtype]).encode())
+    parts = [CACHE_FORMAT, backbone.name, backbone.revision, dtype]
+    model_dtype = getattr(getattr(backbone, "model", None), "dtype", torch.float32)
+    if model_dtype != torch.float32:  # features of a bfloat16/float16 backbone (dtype=…) are other features
+        parts.append(str(model_dtype))
+    h.update(json.dumps(parts).encode())
     h.update((data_digest or encodings_digest(encoded)).encode())
     return h.hexdigest()[:20]
 
@@ -220,7 +224,7 @@ def _batch_features(backbone: Backbone, encoded: list[Encoded], keep: list[np.nd
     """The backbone's pass over `batches`: per example with kept positions,
     (example index, h rows in np_dtype, logsumexp, gold logit, max logit, 0);
     after each batch, (None, …, its non-pad token count)."""
-    w_vocab = backbone.lm_head.weight
+    w_vocab = backbone.lm_head.weight.float()  # the reductions run in float32 (a no-op for float32 backbones)
     pad_id = backbone.tokenizer.pad_token_id
     for batch in tqdm(batches, desc=desc, disable=not progress, unit="batch"):
         L = max(len(encoded[i]) for i in batch)
@@ -236,9 +240,11 @@ def _batch_features(backbone: Backbone, encoded: list[Encoded], keep: list[np.nd
                 hidden = _forward_after_prefix(backbone, prefix, ids, mask)
         rows = [(r, i) for r, i in enumerate(batch) if len(keep[i])]
         if rows:
-            sel_h = torch.cat([hidden[r, torch.from_numpy(keep[i])] for r, i in rows]).float()
-            gold = torch.cat([torch.from_numpy(encoded[i].next_token[keep[i]]) for _, i in rows])
-            a, g, m = head_reductions(sel_h, w_vocab, gold)
+            sel_h = torch.cat([hidden[r, torch.from_numpy(keep[i]).to(hidden.device)] for r, i in rows]).float()
+            gold = torch.cat([torch.from_numpy(encoded[i].next_token[keep[i]]) for _, i in rows]).to(sel_h.device)
+            # (on the backbone's device; what is written goes back to the CPU)
+            a, g, m = (t.cpu() for t in head_reductions(sel_h, w_vocab, gold))
+            sel_h = sel_h.cpu()
             pos = 0
             for _, i in rows:
                 cnt = len(keep[i])

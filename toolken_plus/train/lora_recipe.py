@@ -21,6 +21,7 @@ from pathlib import Path
 from toolken_plus.adapter.text_run import TextRunRecord
 from toolken_plus.backbone import DEFAULT_BACKBONE, backbone_spec, build_backbone
 from toolken_plus.config import cache_dir, to_plain
+from toolken_plus.config.device import resolve_placement
 from toolken_plus.config.validation import validate_config
 from toolken_plus.data.locate import task_root
 from toolken_plus.tasks import Task
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 class TrainLoraRecipe(Recipe):
     def setup(self) -> None:
         cfg = validate_config(self.cfg)
+        self.placement = resolve_placement(cfg)  # device=cuda without a GPU stops here
         if not isinstance(cfg.task, Task):
             raise ValueError("task=… is required (e.g. experiment=gsm8k_xl)")
         if not hasattr(cfg.task, "text_examples"):
@@ -56,7 +58,7 @@ class TrainLoraRecipe(Recipe):
         self.model_spec = cfg.model or DEFAULT_BACKBONE
         if self.backbone is None:
             t0 = time.perf_counter()
-            self.backbone = build_backbone(self.model_spec, cache_dir(cfg))
+            self.backbone = build_backbone(self.model_spec, cache_dir(cfg), self.placement)
             log.info("backbone %s loaded in %.1f s", self.backbone.name, time.perf_counter() - t0)
         self.base_name, self.base_revision = self.backbone.name, self.backbone.revision  # before PEFT wraps the model
         self.logger = build_logger(cfg.logger, self.run_dir, to_plain(cfg))

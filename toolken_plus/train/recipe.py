@@ -25,6 +25,7 @@ from toolken_plus import distributed
 from toolken_plus.adapter import ToolkenHead
 from toolken_plus.backbone import DEFAULT_BACKBONE, Backbone, backbone_spec, build_backbone
 from toolken_plus.config import as_config, cache_dir, to_plain
+from toolken_plus.config.device import resolve_placement
 from toolken_plus.config.schema import TrainConfig
 from toolken_plus.config.validation import validate_config
 from toolken_plus.data.encoding import context_start_ids
@@ -93,6 +94,8 @@ class TrainToolkensRecipe(Recipe):
     # ---------------------------------------------------------------- setup
     def setup(self, caches_only: bool = False) -> None:
         cfg = validate_config(self.cfg)
+        # device=cuda without a GPU stops here, before any data or model is loaded
+        self.placement = resolve_placement(cfg)
         if not isinstance(cfg.task, Task):
             raise ValueError("task=… is required (e.g. experiment=gsm8k_xl, or task=custom …)")
         seed_everything(cfg.seed)
@@ -109,8 +112,9 @@ class TrainToolkensRecipe(Recipe):
         self.model_spec = cfg.model or DEFAULT_BACKBONE
         if self.backbone is None:
             t0 = time.perf_counter()
-            self.backbone = build_backbone(self.model_spec, cache_dir(cfg))
-            log.info("backbone %s loaded in %.1f s", self.backbone.name, time.perf_counter() - t0)
+            self.backbone = build_backbone(self.model_spec, cache_dir(cfg), self.placement)
+            log.info("backbone %s loaded in %.1f s on %s (%s)", self.backbone.name, time.perf_counter() - t0,
+                     self.backbone.device, self.backbone.model.dtype)
         if self.addition:
             self.addition.check(self.data, self.task.name, self.backbone, task_root(cfg.data, self.task))
         tool_names = self.addition.tool_names if self.addition else self.data.tool_names
@@ -142,6 +146,7 @@ class TrainToolkensRecipe(Recipe):
             seed=cfg.seed, frozen_rows=self.addition.n_old if self.addition else 0, resume=cfg.resume,
             # A checkpoint is resumed only by a run on the same task and data selection.
             run_identity={"task": self.task.name, "limit_train": cfg.data.limit_train, "max_length": max_len},
+            val=CachedFeatures(self.val_cache) if self.val_cache is not None else None,
         )
 
     # ---------------------------------------------------------------- train
@@ -154,7 +159,7 @@ class TrainToolkensRecipe(Recipe):
         metrics: dict = {}
         bias = float(self.head.logit_bias)  # 0, or the base checkpoint's when adding tools
         if self.val_cache is not None:
-            val = CachedFeatures(self.val_cache)
+            val = self.trainer.val
             metrics = {"val_bias0/" + k[4:]: v for k, v in evaluate_head(self.head, val, bias=0.0).items()}
             if self.addition is None or self.addition.recalibrate_bias:
                 bias = calibrate_head_bias(self.head, val, tuple(self.cfg.calibration.grid))
@@ -187,7 +192,7 @@ class TrainToolkensRecipe(Recipe):
         t0 = time.perf_counter()
         out = fit_reranker(spec, self.backbone, self.head, prefix=self.task.shared_prefix, tool_docs=self.data.tool_docs,
                            train_enc=self.train_enc, train_feats=self.trainer.data, val_enc=self.val_enc,
-                           val_feats=CachedFeatures(self.val_cache) if self.val_cache is not None else None,
+                           val_feats=self.trainer.val,
                            seed=self.cfg.seed, progress=self.cfg.trainer.progress,
                            frozen_tools=self.addition.n_old if self.addition else 0,
                            trainer_cfg=self.cfg.trainer, grid=tuple(self.cfg.calibration.grid),

@@ -82,8 +82,13 @@ class ToolkenTrainer:
 
     def __init__(self, head: ToolkenHead, train: FeatureCache | CachedFeatures, cfg: TrainerConfig,
                  run_dir: str | Path | None = None, logger=None, *, seed: int = 0, frozen_rows: int = 0,
-                 resume: bool = True, run_identity: dict | None = None, examples=None):
+                 resume: bool = True, run_identity: dict | None = None, examples=None,
+                 val: CachedFeatures | None = None):
+        """`val`: validation features, evaluated after every epoch (val/loss and
+        val_epoch/{precision,recall,f1} at the bias in force while training,
+        before calibration) into the history and the logger."""
         self.head = head
+        self.val = val
         self.cfg = cfg
         self.seed = seed
         self.frozen_rows = frozen_rows
@@ -207,6 +212,19 @@ class ToolkenTrainer:
             with torch.no_grad():
                 self.head.weight[:k] = self.frozen
 
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """The per-epoch validation metrics ({} without validation features)."""
+        if self.val is None or len(self.val.tool_label) == 0:
+            return {}
+        v = self.val
+        scores = v.scores(self.head)
+        out = {"val/loss": float(factorized_toolken_loss(scores, v.logsumexp, v.gold_logit, v.tool_label))}
+        m = tool_call_metrics(predicted_tools(scores, v.max_logit, float(self.head.logit_bias)), v.tool_label,
+                              self.head.tool_names, prefix="val_epoch/")
+        out.update({k: m[k] for k in ("val_epoch/precision", "val_epoch/recall", "val_epoch/f1")})
+        return out
+
     def fit(self) -> list[dict]:
         self.try_resume()
         while self.epoch < self.cfg.epochs:
@@ -216,9 +234,10 @@ class ToolkenTrainer:
                 raise FloatingPointError(
                     f"training diverged in epoch {self.epoch}: non-finite loss or toolken weights "
                     f"(trainer.lr={self.cfg.lr}); the last checkpoint is kept, nothing new is saved")
-            record = {"epoch": self.epoch, "train/loss": loss}
+            record = {"epoch": self.epoch, "train/loss": loss, **self.validate()}
             self.history.append(record)
-            log.info("epoch %d/%d  train/loss %.5f", self.epoch, self.cfg.epochs, loss)
+            log.info("epoch %d/%d  %s", self.epoch, self.cfg.epochs,
+                     "  ".join(f"{k} {v:.5f}" for k, v in record.items() if "/" in k))
             if self.logger is not None:
                 self.logger.log(record, step=self.epoch)
             self.save_checkpoint()
