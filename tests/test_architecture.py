@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "toolken_plus"
 
 # Lowest first. `toolken_plus/__init__.py` (the public API) may re-export anything.
 LAYERS = [
-    {"rundir", "config"},  # files on disk, config glue: no model, no data
+    {"rundir", "config", "distributed", "loggers"},  # files on disk, config glue, torchrun ranks, run loggers: no model, no data
     {"data"},  # examples, readers, prompts, encoding
     {"tools"},  # Tool, plugins, argument parsing, isolation
     {"tasks"},  # benchmarks: data → examples, prompts, items, scoring

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from toolken_plus.train.loggers import NoLogger, Wandb, build_logger
+from toolken_plus.loggers import NoLogger, Wandb, build_logger
 
 
 def test_run_dir_log_is_always_written(tmp_path):

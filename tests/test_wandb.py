@@ -12,8 +12,8 @@ from omegaconf import OmegaConf
 from toolken_plus.backbone import TinyRandomBackbone
 from toolken_plus.config.schema import AgentConfig, DataConfig, InferConfig, TrainConfig, TrainerConfig
 from toolken_plus.infer.recipe import run_inference
+from toolken_plus.loggers import Wandb, build_logger, sweep_naming
 from toolken_plus.tasks.gsm8k_xl import Gsm8kXL
-from toolken_plus.train.loggers import Wandb, build_logger, sweep_naming
 from toolken_plus.train.recipe import TrainToolkensRecipe
 
 
@@ -76,7 +76,7 @@ def test_sweep_jobs_are_named_by_their_overrides_and_grouped_by_sweep():
 
 
 def test_sweep_naming_reaches_wandb_init_and_explicit_names_win(tmp_path, monkeypatch, fake_wandb):
-    import toolken_plus.train.loggers as loggers
+    import toolken_plus.loggers as loggers
 
     monkeypatch.setattr(loggers, "sweep_naming", lambda: ("seed=2", "sweep-dir"))
     build_logger(Wandb(mode="disabled"), tmp_path, {}).finish()
@@ -92,7 +92,7 @@ def test_sweep_naming_from_a_real_hydra_multirun(tmp_path):
     sweep = tmp_path / "sweep" / "my-sweep"
     script = tmp_path / "probe.py"
     script.write_text(
-        "import hydra\nfrom toolken_plus.train.loggers import sweep_naming\n"
+        "import hydra\nfrom toolken_plus.loggers import sweep_naming\n"
         "@hydra.main(version_base='1.3', config_path=None)\n"
         "def main(cfg):\n    print('NAMING', sweep_naming())\n"
         "main()\n")

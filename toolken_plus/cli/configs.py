@@ -8,7 +8,7 @@ each option's fields and defaults live in its dataclass).
     task      every Task in toolken_plus/tasks/ by its name      tasks/
     reranker  none (default) | llm | embedding                   rerank/
     method    toolkens (default) | icl | lora                    config/methods.py
-    logger    none (default) | wandb                             train/loggers.py
+    logger    none (default) | wandb                             loggers.py
 
 A group option of your own can also be a YAML file in <folder>/<group>/ with a
 `_target_` naming its class, the folder on Hydra's search path
@@ -25,9 +25,9 @@ from omegaconf import OmegaConf
 from toolken_plus.backbone import DEFAULT_BACKBONE, HFBackbone, TinyRandomBackbone
 from toolken_plus.config.methods import METHODS
 from toolken_plus.config.schema import InferConfig, ServeRunConfig, TrainConfig
+from toolken_plus.loggers import NoLogger, Wandb
 from toolken_plus.rerank import EmbeddingRerank, LLMRerank, NoRerank
 from toolken_plus.tasks import known_tasks
-from toolken_plus.train.loggers import NoLogger, Wandb
 
 
 def group_options() -> dict[str, dict[str, object]]:

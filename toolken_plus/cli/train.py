@@ -26,7 +26,7 @@ os.environ.setdefault("WANDB_MODE", "offline")
 import hydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 
-from toolken_plus import distributed  # noqa: E402
+import toolken_plus.distributed as distributed  # noqa: E402
 from toolken_plus.cli.configs import register_configs  # noqa: E402
 from toolken_plus.cli.hydra_argv import run_hydra_main  # noqa: E402
 from toolken_plus.config import CONFIG_DIR  # noqa: E402

@@ -9,7 +9,7 @@ Ranges are checked by `validation.py`.
 
 The four group options (model, task, reranker, logger) are objects of their
 own classes, defined beside the code they configure (backbone/loading.py,
-tasks/, rerank/, train/loggers.py) and registered as Hydra group options in
+tasks/, rerank/, loggers.py) and registered as Hydra group options in
 cli/configs.py.
 """
 
@@ -110,7 +110,7 @@ class RunConfig:
     task: Any = None  # a Task (tasks/); infer.py: None = the checkpoint's task
     reranker: Any = None  # a reranker spec (rerank/); None = ToolkenGPT (no stage 2)
     method: Any = None  # a method spec (config/methods.py): toolkens | icl | lora; None = toolkens
-    logger: Any = None  # a logger spec (train/loggers.py); None = the run dir's JSONL log only
+    logger: Any = None  # a logger spec (loggers.py); None = the run dir's JSONL log only
     seed: int = 0
     # Where the backbone (and the toolken head, rerankers, KV rows) run (config/device.py):
     # auto = cuda if torch.cuda.is_available() else cpu; cpu; cuda; cuda:N.

@@ -206,7 +206,7 @@ def log_inference(cfg: InferConfig, run_dir: str | Path, metrics: dict, rows: li
     logger=none: nothing (the run dir has metrics.json and predictions.jsonl)."""
     if cfg.logger is None or getattr(cfg.logger, "name", None) == "none":
         return
-    from toolken_plus.train.loggers import build_logger
+    from toolken_plus.loggers import build_logger
 
     logger = build_logger(cfg.logger, Path(run_dir), to_plain(cfg), log_file="infer_log.jsonl", job_type="infer")
     try:

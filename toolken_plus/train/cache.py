@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from toolken_plus import distributed
+import toolken_plus.distributed as distributed
 from toolken_plus.backbone import Backbone
 from toolken_plus.data.encoding import IGNORE, Encoded, encodings_digest
 from toolken_plus.kv.rows import prefix_row

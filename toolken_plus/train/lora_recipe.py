@@ -24,8 +24,8 @@ from toolken_plus.config import cache_dir, to_plain
 from toolken_plus.config.device import resolve_placement
 from toolken_plus.config.validation import validate_config
 from toolken_plus.data.locate import task_root
+from toolken_plus.loggers import build_logger
 from toolken_plus.tasks import Task
-from toolken_plus.train.loggers import build_logger
 from toolken_plus.train.lora import LoraTrainer
 from toolken_plus.train.recipe import Recipe, seed_everything
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from toolken_plus import distributed
+import toolken_plus.distributed as distributed
 from toolken_plus.adapter import ToolkenHead
 from toolken_plus.backbone import DEFAULT_BACKBONE, Backbone, backbone_spec, build_backbone
 from toolken_plus.config import as_config, cache_dir, to_plain
@@ -30,12 +30,12 @@ from toolken_plus.config.schema import TrainConfig
 from toolken_plus.config.validation import validate_config
 from toolken_plus.data.encoding import context_start_ids
 from toolken_plus.data.locate import task_root
+from toolken_plus.loggers import build_logger
 from toolken_plus.rerank import NoRerank
 from toolken_plus.rundir import RunDirLock, atomic_write
 from toolken_plus.tasks import Task
 from toolken_plus.train.add_tools import ToolAddition
 from toolken_plus.train.cache import build_feature_cache
-from toolken_plus.train.loggers import build_logger
 from toolken_plus.train.rerank_fit import fit_reranker
 from toolken_plus.train.trainer import CachedFeatures, ToolkenTrainer, calibrate_head_bias, evaluate_head
 
