@@ -263,21 +263,29 @@ def call_metrics(margin: torch.Tensor, data: RerankSet, n_tools: int, weights: t
     hits, false_pos, due = call_counts(margin, data, n_tools, weights, shift)
     recall = hits / due if due else 0.0
     precision = hits / (hits + false_pos) if hits + false_pos else 0.0
-    f1 = 2 * hits / (hits + false_pos + due) if due else 0.0
+    f1 = f1_of(hits, false_pos, due)
     fp_count = call_counts(margin, data, n_tools, torch.ones_like(weights), shift)[1]
     return {f"{prefix}call_recall": recall, f"{prefix}call_precision": precision, f"{prefix}call_f1": f1,
             f"{prefix}false_positive_calls": fp_count}
 
 
-def calibrate_reject_bias(weight: torch.Tensor, data: RerankSet, n_tools: int, mix: float, weights: torch.Tensor,
-                          max_recall_drop: float = 0.02) -> float:
-    """The Reject shift with the best (weighted) call F1 on `data` among those
-    whose call recall is within `max_recall_drop` of stage 1's (which never
-    rejects); ties go to the shift closest to 0."""
-    if len(data.labels) == 0 or data.triggered is None or not bool((data.labels < n_tools).any()):
-        return 0.0
-    margin = reject_margins(weight, data, mix)
+def f1_of(hits: float, false_pos: float, due: float) -> float:
+    """Call F1 from (weighted) hits, false positives and due calls."""
+    return 2 * hits / (hits + false_pos + due) if due else 0.0
+
+
+def call_f1(margin: torch.Tensor, data: RerankSet, n_tools: int, weights: torch.Tensor, shift: float) -> float:
+    return f1_of(*call_counts(margin, data, n_tools, weights, shift))
+
+
+def best_shift(margin: torch.Tensor, data: RerankSet, n_tools: int, weights: torch.Tensor,
+               max_recall_drop: float) -> tuple[float, float]:
+    """(shift, its call F1): the Reject shift with the best (weighted) call F1
+    among those whose call recall is within `max_recall_drop` of stage 1's
+    (which never rejects); ties go to the shift closest to 0."""
     due = data.labels < n_tools
+    if len(data.labels) == 0 or data.triggered is None or not bool(due.any()):
+        return 0.0, 0.0
     floor = float(weights[due & data.triggered].sum()) / float(weights[due].sum()) - max_recall_drop
     # Every distinct decision is reached by a shift at some position's margin; also try no shift.
     shifts = sorted({0.0, *margin[data.triggered & torch.isfinite(margin)].tolist()})
@@ -286,26 +294,30 @@ def calibrate_reject_bias(weight: torch.Tensor, data: RerankSet, n_tools: int, m
         hits, false_pos, n_due = call_counts(margin, data, n_tools, weights, shift)
         if hits / n_due < floor - 1e-12:
             continue
-        f1 = 2 * hits / (hits + false_pos + n_due)
+        f1 = f1_of(hits, false_pos, n_due)
         if f1 > best_f1 + 1e-12 or (abs(f1 - best_f1) <= 1e-12 and abs(shift) < abs(best)):
             best, best_f1 = shift, f1
-    return best
+    return best, max(best_f1, 0.0)
 
 
-def call_f1(margin: torch.Tensor, data: RerankSet, n_tools: int, weights: torch.Tensor, shift: float) -> float:
-    hits, false_pos, due = call_counts(margin, data, n_tools, weights, shift)
-    return 2 * hits / (hits + false_pos + due) if due else 0.0
+def calibrate_reject_bias(weight: torch.Tensor, data: RerankSet, n_tools: int, mix: float, weights: torch.Tensor,
+                          max_recall_drop: float = 0.02) -> float:
+    """best_shift's shift for the call decision made on scores mixed with `mix`."""
+    if len(data.labels) == 0:
+        return 0.0
+    return best_shift(reject_margins(weight, data, mix), data, n_tools, weights, max_recall_drop)[0]
 
 
 def calibrate_call(weight: torch.Tensor, data: RerankSet, n_tools: int, weights: torch.Tensor,
                    max_recall_drop: float = 0.02, grid=MIX_GRID) -> tuple[float, float]:
-    """(call_mix, reject_bias): for every call_mix of the grid its calibrated
-    shift (calibrate_reject_bias), then the pair with the best call F1 on
-    `data`; ties go to the smaller call_mix (closer to stage 1)."""
+    """(call_mix, reject_bias): for every call_mix of the grid its best shift,
+    then the pair with the best call F1 on `data`; ties go to the smaller
+    call_mix (closer to stage 1)."""
+    if len(data.labels) == 0:
+        return 0.0, 0.0
     best, best_f1 = (0.0, 0.0), -1.0
     for call_mix in sorted(grid):
-        shift = calibrate_reject_bias(weight, data, n_tools, call_mix, weights, max_recall_drop)
-        f1 = call_f1(reject_margins(weight, data, call_mix), data, n_tools, weights, shift) if len(data.labels) else 0.0
+        shift, f1 = best_shift(reject_margins(weight, data, call_mix), data, n_tools, weights, max_recall_drop)
         if f1 > best_f1 + 1e-12:
             best, best_f1 = (call_mix, shift), f1
     return best
@@ -423,7 +435,7 @@ class LLMRerank:
         saved = head.rerank_config if frozen_tools else {}
         mix = self.mix if self.mix is not None else saved.get("mix", 1.0)
         shift = self.reject_bias if self.reject_bias is not None else saved.get("reject_bias", 0.0)
-        call_mix = self.call_mix if self.call_mix is not None else saved.get("call_mix", mix)
+        call_mix = self.call_mix if self.call_mix is not None else saved.get("call_mix")  # None: calibrated, or follows mix
         if val is not None:
             # Every validation false positive is kept: they are few, and the Reject shift is calibrated on them.
             val = val.subsample(self.max_val, seed, keep_rejects=True)
@@ -432,22 +444,22 @@ class LLMRerank:
             w = val.row_weights(call_prior)
             if self.mix is None and not frozen_tools:
                 mix = calibrate_mix(weight, vdata, n)
-            call_mix = self.call_mix if self.call_mix is not None else saved.get("call_mix", mix) if frozen_tools else None
             if not frozen_tools and self.reject_bias is None:
                 if call_mix is None:
                     call_mix, shift = calibrate_call(weight, vdata, n, w, self.max_recall_drop)
                 else:
                     shift = calibrate_reject_bias(weight, vdata, n, call_mix, w, self.max_recall_drop)
-            call_mix = mix if call_mix is None else call_mix
             if not frozen_tools:
                 # the ablation: stage 1 alone with its own calibrated shift, i.e. a stricter trigger
                 shift0 = calibrate_reject_bias(weight, vdata, n, 0.0, w, self.max_recall_drop)
                 out.update(rerank_metrics(weight, vdata, n, "val_threshold_only/", mix=0.0, reject_bias=shift0, weights=w))
                 out["rerank/reject_bias@mix0"] = shift0
-            out.update(rerank_metrics(weight, vdata, n, mix=mix, reject_bias=shift, weights=w, call_mix=call_mix))
+            out.update(rerank_metrics(weight, vdata, n, mix=mix, reject_bias=shift, weights=w,
+                                      call_mix=mix if call_mix is None else call_mix))
             out.update(rerank_metrics(weight, vdata, n, prefix="val_rerank_alone/"))  # mix 1, no shift: as published
             out.update(rerank_metrics(weight, vdata, n, prefix="val_stage1/", mix=0.0, weights=w))
             out["rerank/val_call_prior"] = call_prior
+        call_mix = mix if call_mix is None else call_mix
         out["rerank/mix"] = mix
         out["rerank/reject_bias"] = shift
         out["rerank/call_mix"] = call_mix
