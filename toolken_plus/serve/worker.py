@@ -216,6 +216,8 @@ class BatchWorker:
 
         def on_result(index: int, result: AgentResult) -> None:
             req = pending[index]
+            # counted before the reply is released: a client that reads /health after its reply sees this run
+            self.counts["largest_run"] = max(self.counts["largest_run"], len(pending))
             self.counts["in_flight"] -= 1
             if result.finish_reason.startswith("error"):
                 self.counts["failed"] += 1
@@ -228,12 +230,12 @@ class BatchWorker:
             self.agent.run_batch(questions, progress=False, on_result=on_result, more=more, batch_size=self.max_batch)
         except Exception as exc:  # the whole run failed: its requests get the error, the worker goes on
             log.exception("an agent run failed")
+            self.counts["largest_run"] = max(self.counts["largest_run"], len(pending))
             for req in pending:
                 if not req.future.done():
                     self.counts["in_flight"] -= 1
                     self.counts["failed"] += 1
                     req.future.set_exception(exc)
-        self.counts["largest_run"] = max(self.counts["largest_run"], len(pending))
 
     def _fail_queued(self) -> None:
         while True:
