@@ -194,6 +194,11 @@ def test_train_and_infer_metatool_end_to_end(tiny_backbone, data_root, tmp_path,
     if reranker == "llm":
         built = LLMRerank().build(tiny_backbone, head, {n: "" for n in head.tool_names})
         assert head.rerank_weight.shape == (n_tools + 1, tiny_backbone.hidden_size)  # the tools + Reject
+        # the doc-block pass runs at inference in the precision it was fitted in (auto: bfloat16 where fast)
+        fitted_in = saved["reranker"]["state_dtype"]
+        assert fitted_in == metrics["rerank/state_dtype"] in ("bfloat16", "float32")
+        assert built.state_dtype == getattr(torch, fitted_in)
+        assert LLMRerank(state_dtype="float32").build(tiny_backbone, head, {}).state_backbone is tiny_backbone
     else:
         built = EmbeddingRerank().build(tiny_backbone, head, {n: "" for n in head.tool_names}, embedder=HashEmbedder())
         assert built.threshold == saved["reranker"]["threshold"]

@@ -205,5 +205,45 @@ def test_length_sorted_rerank_batches_give_the_same_states_in_row_order(tiny_bac
     sorted_set = build_rerank_set(rr, mined, batch_size=2, progress=False)
     plain = build_rerank_set(rr, mined, batch_size=2, progress=False, sort_by_length=False)
     one_by_one = build_rerank_set(rr, mined, batch_size=1, progress=False, sort_by_length=False)
+    budget = build_rerank_set(rr, mined, batch_size=4, max_tokens=60, progress=False)  # token-limited forwards
     assert torch.allclose(sorted_set.g, one_by_one.g, atol=1e-4) and torch.allclose(plain.g, one_by_one.g, atol=1e-4)
+    assert torch.allclose(budget.g, one_by_one.g, atol=1e-4)
     assert torch.equal(sorted_set.masks, one_by_one.masks) and torch.equal(sorted_set.labels, labels)
+
+
+def test_bfloat16_doc_block_pass_is_close_to_float32_and_reads_shared_prefixes(tiny_backbone):
+    """reranker.state_dtype: the pass runs on a cast copy of the backbone (the
+    backbone itself stays float32); the text's KV (a row, or a shared Prefix
+    read in place) comes in float32 and is cast, and g stays close."""
+    from toolken_plus.kv.rows import make_prefix
+
+    tok = tiny_backbone.tokenizer
+    w = init_rerank_weight(torch.randn(4, tiny_backbone.hidden_size))
+    exact = LLMReranker(tiny_backbone, w, TOOLS, DOCS, k=2)
+    fast = LLMReranker(tiny_backbone, w, TOOLS, DOCS, k=2, state_dtype=torch.bfloat16)
+    assert exact.state_backbone is tiny_backbone and fast.state_dtype == torch.bfloat16
+    assert next(tiny_backbone.model.parameters()).dtype == torch.float32  # not cast in place
+    prefix = make_prefix(tiny_backbone, tok("Tools: add, subtract.", add_special_tokens=False)["input_ids"])
+    ids = [tok(t, add_special_tokens=False)["input_ids"] for t in ("She has 100 - 50 =", "Twelve times 4 is")]
+    layers, n = prefix_row(tiny_backbone, ids[0])
+    scores = torch.tensor([0.3, -0.2, 1.5, 0.9])
+    qs = [RerankContext(scores, layers=layers, n=n),  # a float32 row
+          RerankContext(scores, n=0, pending=ids[0], prefix=prefix),  # two rows on one float32 Prefix
+          RerankContext(scores, n=0, pending=ids[1], prefix=prefix)]
+    cands = [[2, 3]] * 3
+    g32, g16 = exact.states(qs, cands), fast.states(qs, cands)
+    assert g16.dtype == torch.float32 and g16.shape == g32.shape  # in W_r's dtype
+    cos = torch.nn.functional.cosine_similarity(g16, g32)
+    assert float(cos.min()) > 0.99, cos
+    assert not torch.equal(g16, g32)  # it did run in bfloat16
+
+
+def test_padded_batches_respect_rows_and_tokens_and_isolate_overlong_rows():
+    from toolken_plus.kv import padded_batches
+
+    widths = [10, 10, 12, 100, 12, 12, 12, 12]
+    got = padded_batches(widths, max_tokens=40, max_rows=3)
+    assert got == [(0, 3), (3, 4), (4, 7), (7, 8)]  # 100 > 40 alone; 3 rows at most
+    for start, end in got:
+        assert end - start <= 3 and (end - start == 1 or max(widths[start:end]) * (end - start) <= 40)
+    assert padded_batches(widths, max_tokens=10**6) == [(0, 8)] and padded_batches([], 10) == []

@@ -5,6 +5,8 @@ How a Backbone is loaded is `loading.py`."""
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import functools
 import inspect
 from dataclasses import dataclass
@@ -26,6 +28,16 @@ class Backbone:
     tokenizer: object
     name: str
     revision: str
+
+    def with_dtype(self, dtype: torch.dtype | None) -> "Backbone":
+        """This backbone with its weights in `dtype`: itself when that is
+        already their dtype (or dtype is None), else a copy of the model cast
+        to it (the same tokenizer; the copy costs the model's size in that
+        dtype). For passes that must be cheap more than exact, such as the
+        llm reranker's doc-block pass."""
+        if dtype is None or dtype == next(self.model.parameters()).dtype:
+            return self
+        return dataclasses.replace(self, model=copy.deepcopy(self.model).to(dtype))
 
     @property
     def hidden_size(self) -> int:

@@ -67,6 +67,32 @@ def resolve_dtype(dtype: str | None, device: torch.device) -> torch.dtype | None
     return getattr(torch, dtype)
 
 
+def bfloat16_is_fast(device: torch.device) -> bool:
+    """Whether bfloat16 matrix products run natively on `device`: a CUDA GPU
+    that supports them, or a CPU with AMX or AVX512-BF16 (elsewhere PyTorch
+    emulates them, more slowly than float32)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")  # private, so probed
+        return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
+    return False
+
+
+def resolve_state_dtype(dtype: str | None, device: torch.device) -> torch.dtype | None:
+    """The precision of a pass that only reads hidden states (the llm
+    reranker's doc-block pass): None = the backbone's own; auto = bfloat16
+    where it is fast (`bfloat16_is_fast`), else the backbone's own."""
+    if dtype == "auto":
+        return torch.bfloat16 if bfloat16_is_fast(device) else None
+    return resolve_dtype(dtype, device)
+
+
+def dtype_name(dtype: torch.dtype | None) -> str | None:
+    """float32 for torch.float32 (how a dtype is written into a checkpoint)."""
+    return None if dtype is None else str(dtype).removeprefix("torch.")
+
+
 def resolve_placement(cfg) -> Placement:
     """The placement a run config asks for (objects or dicts; absent options
     take their defaults)."""

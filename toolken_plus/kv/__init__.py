@@ -5,6 +5,7 @@ from toolken_plus.kv.rows import (
     crop_row,
     empty_row,
     make_prefix,
+    padded_batches,
     prefill_by_length,
     prefill_in_batches,
     prefill_rows,
@@ -14,6 +15,6 @@ from toolken_plus.kv.rows import (
 )
 from toolken_plus.kv.shared_prefix import Prefix, SharedPrefix, share_prefixes, step, supports_shared_prefix
 
-__all__ = ["Prefix", "SharedPrefix", "crop_row", "empty_row", "make_prefix", "prefill_by_length", "prefill_in_batches",
+__all__ = ["Prefix", "SharedPrefix", "crop_row", "empty_row", "make_prefix", "padded_batches", "prefill_by_length", "prefill_in_batches",
            "prefill_rows", "prefix_row", "row_segments", "share_prefixes", "step", "supports_shared_prefix",
            "write_segments"]

@@ -123,16 +123,27 @@ def prefill_rows(backbone: Backbone, jobs: list[tuple], *, keep_rows: bool = Tru
 def prefill_in_batches(backbone: Backbone, jobs: list[tuple], max_tokens: int = 2048, *, keep_rows: bool = False) -> list[tuple]:
     """`prefill_rows` over many jobs, in batches of about `max_tokens` padded
     (cached + new) positions, preserving order."""
+    out = []
+    for start, end in padded_batches([job[1] + len(job[2]) for job in jobs], max_tokens):
+        out += prefill_rows(backbone, jobs[start:end], keep_rows=keep_rows)
+    return out
+
+
+def padded_batches(widths: list[int], max_tokens: int, max_rows: int | None = None) -> list[tuple[int, int]]:
+    """Consecutive (start, end) slices of rows of these widths such that a
+    slice padded to its widest row holds at most `max_tokens` positions and
+    at most `max_rows` rows; a row wider than `max_tokens` is a slice of its
+    own. (In width order, one overlong row then costs its own length, not
+    its length times the batch.)"""
     out, start = [], 0
-    while start < len(jobs):
+    while start < len(widths):
         end, widest = start, 0
-        while end < len(jobs):
-            n, new = jobs[end][1], len(jobs[end][2])
-            w = max(widest, n + new)
+        while end < len(widths) and (max_rows is None or end - start < max_rows):
+            w = max(widest, widths[end])
             if end > start and w * (end - start + 1) > max_tokens:
                 break
             widest, end = w, end + 1
-        out += prefill_rows(backbone, jobs[start:end], keep_rows=keep_rows)
+        out.append((start, end))
         start = end
     return out
 
