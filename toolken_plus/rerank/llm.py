@@ -397,7 +397,8 @@ class LLMRerank:
     k: int = 3
     max_doc_chars: int = 200  # each candidate's doc is cut to this in the doc block
     # fitting W_r
-    max_train: Optional[int] = 3000  # mined positions (seeded subsample); None = all
+    # mined positions (a seeded subsample); None = all of them (docs/performance.md: ~15 min for MetaTool's 16k here)
+    max_train: Optional[int] = None
     keep_all_rejects: bool = False  # True: the subsample keeps every false-positive (Reject) position
     # Which stage 1 scores the mined training positions (train/rerank_fit.py):
     # crossfit = heads trained on the other folds, so false positives look like
