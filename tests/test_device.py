@@ -107,3 +107,20 @@ def test_tiny_train_and_infer_on_cuda(tmp_path):
     assert "val/f1" in train_m and infer_m["n"] == 2
     train_m, infer_m = _train_then_infer(tmp_path / "bf16", ["device=cuda", "dtype=bfloat16"])
     assert infer_m["n"] == 2
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_state_dtype_auto_is_bfloat16_only_where_the_cpu_has_it(monkeypatch, native):
+    """reranker.state_dtype=auto: bfloat16 on a CPU with AMX/AVX512-BF16, else
+    the backbone's own (emulated bfloat16 would be slower than float32)."""
+    from toolken_plus.config.device import dtype_name, resolve_state_dtype
+
+    for probe in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
+        monkeypatch.setattr(torch.cpu, probe, lambda: native, raising=False)
+    cpu = torch.device("cpu")
+    assert resolve_state_dtype("auto", cpu) == (torch.bfloat16 if native else None)
+    assert resolve_state_dtype(None, cpu) is None and resolve_state_dtype("float16", cpu) == torch.float16
+    assert dtype_name(torch.bfloat16) == "bfloat16" and dtype_name(None) is None
+    with pytest.raises(ConfigError):
+        resolve_state_dtype("int8", cpu)
+    assert config_problems({"reranker": {"state_dtype": "int8"}}) and not config_problems({"reranker": {"state_dtype": "auto"}})
