@@ -129,18 +129,18 @@ def prefill_in_batches(backbone: Backbone, jobs: list[tuple], max_tokens: int = 
     return out
 
 
-def padded_batches(widths: list[int], max_tokens: int, max_rows: int | None = None) -> list[tuple[int, int]]:
+def padded_batches(widths: list[int], max_tokens: int | None, max_rows: int | None = None) -> list[tuple[int, int]]:
     """Consecutive (start, end) slices of rows of these widths such that a
-    slice padded to its widest row holds at most `max_tokens` positions and
-    at most `max_rows` rows; a row wider than `max_tokens` is a slice of its
-    own. (In width order, one overlong row then costs its own length, not
+    slice padded to its widest row holds at most `max_tokens` positions
+    (None: no limit) and at most `max_rows` rows; a row wider than
+    `max_tokens` is a slice of its own. (In width order, one overlong row then costs its own length, not
     its length times the batch.)"""
     out, start = [], 0
     while start < len(widths):
         end, widest = start, 0
         while end < len(widths) and (max_rows is None or end - start < max_rows):
             w = max(widest, widths[end])
-            if end > start and w * (end - start + 1) > max_tokens:
+            if end > start and max_tokens is not None and w * (end - start + 1) > max_tokens:
                 break
             widest, end = w, end + 1
         out.append((start, end))

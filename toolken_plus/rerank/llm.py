@@ -36,6 +36,7 @@ shift is the single mixed score of before (old checkpoints).
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 import weakref
@@ -98,14 +99,14 @@ class LLMReranker(RankOne):
         self.state_backbone = backbone.with_dtype(state_dtype) if state_dtype is not None else backbone
         self._cast_prefixes: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
-    @property
+    @functools.cached_property
     def state_dtype(self) -> torch.dtype:
         return next(self.state_backbone.model.parameters()).dtype
 
     def _prefix(self, prefix: Prefix | None) -> Prefix | None:
         """A shared prompt prefix in the pass's dtype (its KV is read in place,
         so it must match; cast once per prefix)."""
-        if prefix is None or self.state_backbone is self.backbone or prefix.layers[0][0].dtype == self.state_dtype:
+        if prefix is None or prefix.layers[0][0].dtype == self.state_dtype:
             return prefix
         if prefix not in self._cast_prefixes:
             layers = [(k.to(self.state_dtype), v.to(self.state_dtype)) for k, v in prefix.layers]
@@ -206,11 +207,12 @@ def build_rerank_set(reranker: LLMReranker, mined: MinedSet, *, force_gold: bool
     labels = mined.labels.tolist()
     cands = [top_candidates(mined.scores[r], reranker.k, None if (lb == n or not force_gold) else lb, slot)
              for r, lb, slot in zip(rows, labels, slots)]
-    new_tokens = [mined.contexts.pending_tokens(r) + len(reranker.block_ids(c)) for r, c in zip(rows, cands)]
+    pending = [mined.contexts.pending_tokens(r) for r in rows]
+    new_tokens = [p + len(reranker.block_ids(c)) for p, c in zip(pending, cands)]
     order = list(range(len(rows)))
     if sort_by_length:
-        order.sort(key=lambda j: (1, new_tokens[j]) if mined.contexts.pending_tokens(rows[j]) else (0, j))
-    batches = padded_batches([new_tokens[j] for j in order], max_tokens or sum(new_tokens) + 1, batch_size)
+        order.sort(key=lambda j: (1, new_tokens[j]) if pending[j] else (0, j))
+    batches = padded_batches([new_tokens[j] for j in order], max_tokens, batch_size)
     gs = []
     for start, end in tqdm(batches, desc=desc, disable=not progress, unit="batch"):
         chunk = order[start:end]
