@@ -6,8 +6,11 @@ against the real data."""
 import functools
 import hashlib
 import http.server
+import os
 import re
 import shutil
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from urllib.parse import quote
@@ -15,8 +18,10 @@ from urllib.parse import quote
 import pytest
 from conftest import FIXTURE_DATA
 
+from toolken_plus import rundir
 from toolken_plus.cli import main as cli_main
 from toolken_plus.config.schema import DataConfig
+from toolken_plus.data import download as download_module
 from toolken_plus.data import locate, manifest
 from toolken_plus.data.download import DownloadError, data_main, download
 from toolken_plus.data.locate import task_root
@@ -58,9 +63,17 @@ def fixture_manifest(base_url: str, folder: Path) -> list[File]:
                  "test") for p in FIXTURE_FILES]
 
 
-
 def _leftovers(folder: Path) -> list[Path]:
-    return [p for p in folder.rglob("*") if p.name.endswith(".part") or p.name == ".partial"]
+    """Temporary files (`.<name>.<pid>.<random>`, or older `….part`) and the
+    staging folder: no data file's name starts with a dot."""
+    return [p for p in folder.rglob("*") if p.name.startswith(".") or p.name.endswith(".part")]
+
+
+def _dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    assert not rundir.pid_alive(child.pid)
+    return child.pid
 
 
 # ------------------------------------------------------------------ download
@@ -85,6 +98,47 @@ def test_download_writes_identical_files_and_a_rerun_skips_them(server, tmp_path
     assert damaged.read_bytes() == (FIXTURE_DATA / "metatool" / "plugin_des.json").read_bytes()
     assert [line for line in lines if "replaces a file that differed" in line] == [
         line for line in lines if "metatool/plugin_des.json" in line]
+
+
+def test_temp_files_carry_the_pid_so_what_a_killed_download_left_is_removed_by_the_next(server, tmp_path, monkeypatch):
+    base, served = server
+    files, out = fixture_manifest(base, served), tmp_path / "out"
+    renamed, replace = [], os.replace
+
+    def recording_replace(src, dst):
+        renamed.append(Path(src))
+        replace(src, dst)
+
+    monkeypatch.setattr(download_module.os, "replace", recording_replace)
+    download(files, out, progress=lambda line: None)
+    monkeypatch.undo()
+    assert len(renamed) == len(files)
+    for tmp, f in zip(renamed, files):  # rundir's temp file name, with this process's pid
+        assert tmp.parent == out / ".partial" and tmp.name.startswith(f".{Path(f.path).name}.{os.getpid()}.")
+        m = rundir._TEMP_FILE.match(tmp.name)
+        assert m and int(m.group(1)) == os.getpid(), tmp.name
+    assert not _leftovers(out)
+
+    # a download killed mid-file (kill -9) left its temp file; one still running has its own
+    staging = out / ".partial"
+    staging.mkdir()
+    stale = staging / f".plugin_des.json.{_dead_pid()}.k1ll3d_x"
+    running = staging / f".train.jsonl.{os.getpid()}.runn1ng_"
+    stale.write_bytes(b"half a file")
+    running.write_bytes(b"being written")
+    (out / "metatool" / "plugin_des.json").unlink()
+    assert download(files, out, progress=lambda line: None) == {"downloaded": 1, "skipped": len(files) - 1}
+    assert not stale.exists() and running.exists()  # the live one is kept, and so is .partial
+    assert sorted(_leftovers(out)) == [staging, running]
+    running.unlink()  # that download finished
+    assert download(files, out, progress=lambda line: None) == {"downloaded": 0, "skipped": len(files)}
+    assert not _leftovers(out)  # .partial is removed once empty
+
+    # the same when nothing is left to download: the stale temp alone kept .partial from being removed
+    staging.mkdir()
+    stale.write_bytes(b"half a file")
+    assert download(files, out, progress=lambda line: None) == {"downloaded": 0, "skipped": len(files)}
+    assert not _leftovers(out)
 
 
 def test_a_wrong_checksum_is_refused_naming_the_file_and_nothing_is_left(server, tmp_path):
@@ -181,6 +235,15 @@ def test_lookup_order_config_env_shared_download_dir(tmp_path, monkeypatch):
     assert task_root(DataConfig(), metatool) == roots["cache"]
     # the task reads from there
     assert len(MetaTool().load(DataConfig()).train) == len(MetaTool().load(DataConfig(root=str(FIXTURE_DATA))).train)
+    # ... and from there only: with fewer queries in that copy, it sees fewer training queries
+    queries = roots["cache"] / "metatool" / "data" / "all_clean_data.csv"
+    rows = queries.read_text().splitlines(keepends=True)
+    queries.write_text("".join(rows[: len(rows) // 2]))
+    fewer = len(MetaTool().load(DataConfig()).train)
+    assert fewer == len(MetaTool().load(DataConfig(root=str(roots["cache"]))).train)
+    assert fewer < len(MetaTool().load(DataConfig(root=str(FIXTURE_DATA))).train)
+    for other in ("config", "env"):  # the folders it no longer reads still hold the full copy
+        assert len(MetaTool().load(DataConfig(root=str(roots[other]))).train) > fewer
 
 
 def test_an_incomplete_folder_is_passed_over(tmp_path, monkeypatch):

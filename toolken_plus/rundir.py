@@ -39,11 +39,17 @@ _TEMP_FILE = re.compile(r"\..+\.(\d+)\.[^.]+$")
 _LEGACY_AGE_S = 24 * 3600
 
 
+def temp_file_prefix(name: str) -> str:
+    """The prefix (for tempfile.mkstemp, without a suffix) of a temp file for
+    `name`: `.<name>.<pid>.`, which `remove_stale_temps` recognises."""
+    return f".{name}.{os.getpid()}."
+
+
 def atomic_write(target: Path, write) -> None:
     """Write via a temp file in the same folder, then rename: readers never see
     a half-written file, and a crash leaves the previous version intact."""
     target = Path(target)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.{os.getpid()}.")
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=temp_file_prefix(target.name))
     os.close(fd)
     try:
         write(tmp)
@@ -51,6 +57,15 @@ def atomic_write(target: Path, write) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def file_sha256(path: str | Path) -> str:
+    """The sha256 of a file's bytes, as hex (read in 1 MB chunks)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def host_tag() -> str:

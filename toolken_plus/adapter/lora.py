@@ -9,13 +9,13 @@ this package must not pay for it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 from safetensors import safe_open
 
 from toolken_plus.backbone.model import Backbone, freeze
+from toolken_plus.rundir import file_sha256  # also imported from here by train/lora.py
 
 # PEFT's file names (peft.utils.constants CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME).
 ADAPTER_CONFIG_NAME = "adapter_config.json"
@@ -68,11 +68,3 @@ def apply_lora(backbone: Backbone, adapter_dir: str | Path) -> Backbone:
     merged = freeze(model.merge_and_unload())
     return Backbone(model=merged, tokenizer=backbone.tokenizer, name=backbone.name + "+lora",
                     revision=f"{backbone.revision}+lora-{file_sha256(weights)[:12]}")
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()

@@ -12,8 +12,10 @@
 
 Each file is written to a temporary file (in DIR/.partial), checked (size
 and sha256) and then renamed into place: a file that fails the check is
-refused and nothing is left behind. A file already present with the right
-sha256 is skipped, so an interrupted download resumes where it stopped.
+refused and nothing is left behind. A temporary file's name carries its
+writer's pid, so what a killed download left is removed by the next one. A
+file already present with the right sha256 is skipped, so an interrupted
+download resumes where it stopped.
 --base-url fetches from a mirror instead: URL/<path in the data folder>.
 Only the standard library (urllib) is used; HTTP(S)_PROXY are honoured.
 VirtualHome's programs and simulator are not downloaded here: they are the
@@ -35,6 +37,7 @@ from urllib.parse import quote
 
 from toolken_plus.data import locate, manifest
 from toolken_plus.data.manifest import File
+from toolken_plus.rundir import file_sha256, remove_stale_temps, temp_file_prefix
 
 CHUNK = 1 << 20
 TIMEOUT = 60  # seconds without data before a request fails
@@ -44,12 +47,14 @@ class DownloadError(RuntimeError):
     """A file could not be fetched or failed its check; the message names it."""
 
 
-def human(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+def human(n: float) -> str:
+    if n < 1000:
+        return f"{n:.0f} B"
+    for unit in ("KB", "MB"):
         n /= 1000
-    return f"{n} B"  # pragma: no cover
+        if n < 1000:
+            return f"{n:.1f} {unit}"
+    return f"{n / 1000:.1f} GB"
 
 
 def file_url(f: File, base_url: str | None = None) -> str:
@@ -58,15 +63,18 @@ def file_url(f: File, base_url: str | None = None) -> str:
 
 def is_present(path: Path, f: File) -> bool:
     """`path` holds exactly the manifest's file."""
-    return path.is_file() and path.stat().st_size == f.size and manifest.sha256_of(path) == f.sha256
+    return path.is_file() and path.stat().st_size == f.size and file_sha256(path) == f.sha256
 
 
 def fetch(f: File, dest: Path, url: str, staging: Path) -> None:
     """Fetch `url` into a temporary file in `staging`, check its size and
     sha256 against `f`, and only then rename it to `dest`; DownloadError
-    (naming the file and the URL) otherwise, with the temporary file removed."""
+    (naming the file and the URL) otherwise, with the temporary file removed.
+    The temporary file's name carries this process's pid (rundir's
+    `.<name>.<pid>.<random>`), so one left by a killed download is removed by
+    the next (`remove_stale_temps`)."""
     staging.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{Path(f.path).name}.", suffix=".part", dir=staging)
+    fd, tmp = tempfile.mkstemp(prefix=temp_file_prefix(Path(f.path).name), dir=staging)
     try:
         digest, size = hashlib.sha256(), 0
         with os.fdopen(fd, "wb") as out:
@@ -111,9 +119,12 @@ def download(files: Sequence[File], to: str | os.PathLike[str], *, base_url: str
     """Every file of `files` into the folder `to` (at its path in the data
     folder), one progress line each; files already there with the right
     sha256 are skipped. Goes on past a failed file, then raises DownloadError
-    listing every failure. Returns {"downloaded": n, "skipped": n}."""
+    listing every failure. Returns {"downloaded": n, "skipped": n}.
+    Temporary files that killed downloads left in `to`/.partial are removed
+    first (those of downloads still running are kept)."""
     to = Path(to)
     staging, created = to / ".partial", not to.exists()
+    remove_stale_temps(staging)
     counts, failures = {"downloaded": 0, "skipped": 0}, []
     width = len(str(len(files)))
     for i, f in enumerate(files, 1):
@@ -207,7 +218,7 @@ def cmd_where(args) -> int:
     roots = dict(locate.search_roots(args.data_root))
     print("data.root is set: it is the only folder searched" if args.data_root else
           "Each dataset is read from the first of these folders that holds it:")
-    for n, label in enumerate(("data.root", "$TOOLKEN_PLUS_DATA", "../shared/data", "download dir"), 1):
+    for n, label in enumerate(locate.ROOT_LABELS, 1):
         root = roots.get(label)
         if root is None:
             print(f"  {n}. {label:<19} {'not searched' if args.data_root else 'not set'}")
@@ -241,16 +252,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     wh.set_defaults(data_run=cmd_where)
 
 
-def run(args) -> int:
-    return args.data_run(args)
-
-
 def data_main(argv: Sequence[str] | None = None) -> int:
     """`toolken-plus data …` with its own argument list (argv without `data`)."""
     parser = argparse.ArgumentParser(prog="toolken-plus data", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)
-    return run(parser.parse_args(argv))
+    args = parser.parse_args(argv)
+    return args.data_run(args)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,9 @@ from toolken_plus.config import PROJECT_ROOT, data_root, default_cache_dir
 from toolken_plus.data import manifest
 
 SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
+# The labels of the four data folders, in lookup order (search_roots, `toolken-plus data where`).
+ROOT_LABELS = ("data.root", "$TOOLKEN_PLUS_DATA", "../shared/data", "download dir")
+CONFIGURED, FROM_ENV, SHARED, DOWNLOADS = ROOT_LABELS
 
 
 def download_dir() -> Path:
@@ -37,12 +40,12 @@ def search_roots(configured: str | os.PathLike[str] | None = None) -> list[tuple
     """(where it comes from, folder), in lookup order; `configured` is
     data.root, which, when set, is the only one."""
     if configured:
-        return [("data.root", Path(configured))]
+        return [(CONFIGURED, Path(configured))]
     roots = []
     if os.environ.get("TOOLKEN_PLUS_DATA"):
-        roots.append(("$TOOLKEN_PLUS_DATA", Path(os.environ["TOOLKEN_PLUS_DATA"])))
-    roots.append(("../shared/data", SHARED_DATA))
-    roots.append(("download dir", download_dir()))
+        roots.append((FROM_ENV, Path(os.environ["TOOLKEN_PLUS_DATA"])))
+    roots.append((SHARED, SHARED_DATA))
+    roots.append((DOWNLOADS, download_dir()))
     return roots
 
 
@@ -69,7 +72,7 @@ def _not_found(names: Sequence[str], roots: list[tuple[str, Path]]) -> FileNotFo
     partial = "".join(f"; {root / n} lacks {', '.join(m.split('/', 1)[1] for m in missing)}"
                       for _, root in roots for n in names if (root / n).is_dir() and (missing := missing_files(root, n)))
     what = f"dataset {names[0]!r}" if len(names) == 1 else f"datasets {', '.join(map(repr, names))}"
-    if roots[0][0] == "data.root":
+    if roots[0][0] == CONFIGURED:
         root = roots[0][1]
         return FileNotFoundError(
             f"data.root={root} does not hold {what} ({needs}{partial}). Download it there with "

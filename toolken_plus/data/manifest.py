@@ -15,10 +15,11 @@ has all of that dataset's required files (data/locate.py).
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
+
+from toolken_plus.rundir import file_sha256
 
 
 @dataclass(frozen=True)
@@ -166,13 +167,6 @@ FILES: tuple[File, ...] = (
 )
 
 
-def dataset(name: str) -> Dataset:
-    for d in DATASETS:
-        if d.name == name:
-            return d
-    raise KeyError(name)
-
-
 def dataset_names() -> list[str]:
     return [d.name for d in DATASETS]
 
@@ -202,14 +196,6 @@ def resolve(names) -> list[str]:
     return out
 
 
-def sha256_of(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def check_folder(root: str | Path, files=None) -> list[str]:
     """What in `root` differs from the manifest (or `files`): missing files,
     wrong sizes or hashes; an empty list when it holds every file as published."""
@@ -220,6 +206,6 @@ def check_folder(root: str | Path, files=None) -> list[str]:
             problems.append(f"{f.path}: missing")
         elif path.stat().st_size != f.size:
             problems.append(f"{f.path}: {path.stat().st_size} bytes, expected {f.size}")
-        elif sha256_of(path) != f.sha256:
+        elif file_sha256(path) != f.sha256:
             problems.append(f"{f.path}: sha256 differs from the manifest's")
     return problems
