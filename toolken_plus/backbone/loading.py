@@ -21,6 +21,7 @@ import torch
 
 from toolken_plus.backbone.model import Backbone, freeze
 from toolken_plus.config import default_cache_dir
+from toolken_plus.config.device import dtype_name
 from toolken_plus.rundir import make_temp_dir, remove_stale_temps
 
 log = logging.getLogger(__name__)
@@ -336,20 +337,19 @@ def build_backbone(spec, cache_dir: str | Path | None = None, placement=None) ->
         if not isinstance(spec, HFBackbone):
             raise ValueError(f"device_map={device_map} applies to HF backbones (model=hf / smollm2_135m), "
                              f"not {type(spec).__name__}: drop it")
-        backbone = spec.load(cache_dir, dtype=str(dtype).removeprefix("torch.") if dtype else None, device_map=device_map)
+        backbone = spec.load(cache_dir, dtype=dtype_name(dtype), device_map=device_map)
         return backbone  # accelerate placed the layers; inputs follow backbone.device
     if isinstance(spec, HFBackbone) and dtype is not None:
         # converted once, straight into the asked precision (no float32 copy first)
-        backbone = spec.load(cache_dir, dtype=str(dtype).removeprefix("torch."))
+        backbone = spec.load(cache_dir, dtype=dtype_name(dtype))
     else:
         backbone = spec.load(cache_dir)
     return place_backbone(backbone, placement)
 
 
 def place_backbone(backbone: Backbone, placement) -> Backbone:
-    """Move a loaded backbone to placement.device (and dtype, when given)."""
-    if getattr(backbone.model, "hf_device_map", None) and len(set(backbone.model.hf_device_map.values())) > 1:
-        return backbone  # spread by accelerate: leave it where it is
+    """Move a loaded backbone to placement.device (and dtype, when given);
+    not for a device_map'ed one (build_backbone leaves those where accelerate put them)."""
     backbone.model.to(device=placement.device, dtype=placement.dtype)
     return backbone
 

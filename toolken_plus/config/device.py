@@ -15,17 +15,12 @@ instead of deep inside torch.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
 
-from toolken_plus.config.validation import ConfigError
-
-DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
-DTYPES = ("float32", "bfloat16", "float16", "auto")
-DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
+from toolken_plus.config.validation import DEVICE_MAPS, DEVICE_PATTERN, DTYPES, ConfigError
 
 
 @dataclass(frozen=True)

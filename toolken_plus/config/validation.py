@@ -13,6 +13,7 @@ training and inference share the table; configs may be objects or dicts.
 from __future__ import annotations
 
 import math
+import re
 from typing import Any, Callable
 
 _MISSING = object()
@@ -68,10 +69,14 @@ def optional_one_of(*choices: str) -> tuple[Callable, str]:
     return (lambda v: v is None or v in choices), "one of " + ", ".join(choices) + " or null"
 
 
-def device_string() -> tuple[Callable, str]:
-    import re
+# The choices of the placement options (config/device.py resolves them).
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+DTYPES = ("float32", "bfloat16", "float16", "auto")
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
 
-    return (lambda v: isinstance(v, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", v) is not None,
+
+def device_string() -> tuple[Callable, str]:
+    return (lambda v: isinstance(v, str) and DEVICE_PATTERN.match(v) is not None,
             "auto, cpu, cuda or cuda:N (auto: cuda if available, else cpu)")
 
 
@@ -94,8 +99,8 @@ RULES: dict[str, tuple[Callable, str]] = {
     "seed": integer(),
     "resume": boolean(),
     "device": device_string(),
-    "dtype": optional_one_of("float32", "bfloat16", "float16", "auto"),
-    "device_map": optional_one_of("auto", "balanced", "balanced_low_0", "sequential"),
+    "dtype": optional_one_of(*DTYPES),
+    "device_map": optional_one_of(*DEVICE_MAPS),
     "data.limit_train": integer(1, optional=True),
     "data.limit_eval": integer(1, optional=True),
     "data.max_length": integer(2),
@@ -148,7 +153,7 @@ RULES: dict[str, tuple[Callable, str]] = {
     "reranker.reject_bias": number(optional=True),
     "reranker.call_mix": number(0, 1, optional=True),
     "reranker.max_recall_drop": number(0, 1),
-    "reranker.state_dtype": optional_one_of("float32", "bfloat16", "float16", "auto"),
+    "reranker.state_dtype": optional_one_of(*DTYPES),
     "serve.port": integer(0, 65535),
     "serve.max_prompt_tokens": integer(1, optional=True),
     "serve.max_batch": integer(1),

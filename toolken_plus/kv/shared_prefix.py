@@ -195,7 +195,7 @@ def _check(backbone) -> bool:
         return False
     layer_types = getattr(c, "layer_types", None) or []
     if any(t != "full_attention" for t in layer_types) or getattr(c, "attn_logit_softcapping", None) \
-            or (getattr(c, "sliding_window", None) and getattr(c, "use_sliding_window", True)):
+            or backbone.sliding_window is not None:
         log.info("shared-prefix attention off for %s: not every layer attends to the full context", backbone.name)
         return False
     g = torch.Generator().manual_seed(0)
