@@ -15,35 +15,23 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import Callable
+
+# Before transformers / huggingface_hub are imported: they read these once.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+
+import hydra  # noqa: E402
+
+from toolken_plus.cli.configs import register_configs  # noqa: E402
+from toolken_plus.cli.hydra_argv import run_hydra_main  # noqa: E402
+from toolken_plus.config import CONFIG_DIR  # noqa: E402
 
 log = logging.getLogger(__name__)
 
+register_configs()
 
-def _hydra_main(fn: Callable, argv: list[str] | None, prefix: list[str] = ()) -> int:
-    """Run fn(cfg) on toolken_plus/conf/serve.yaml composed with `argv` (Hydra's command
-    line: overrides, --help, --cfg job, …) as infer.py's @hydra.main does."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("WANDB_MODE", "offline")
-    import hydra
-
-    from toolken_plus.cli.configs import register_configs
-    from toolken_plus.config import CONFIG_DIR
-
-    register_configs()
-    outcome = {"rc": 0}
-
-    @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="serve")
-    def entry(cfg) -> None:
-        outcome["rc"] = fn(cfg)
-
-    saved = sys.argv
-    sys.argv = ["toolken-plus", *prefix, *(saved[1:] if argv is None else argv)]
-    try:
-        entry()
-    finally:
-        sys.argv = saved
-    return outcome["rc"]
+# What makes `chat` a run of its own on conf/serve.yaml (before the user's overrides, which may change them).
+CHAT_OVERRIDES = ["stage=chat", "hydra.job.name=chat"]
 
 
 def _agent(cfg):
@@ -56,7 +44,8 @@ def _agent(cfg):
     return cfg, agent_from_config(cfg)
 
 
-def _serve(cfg) -> int:
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="serve")
+def serve_hydra_main(cfg) -> None:
     import uvicorn
 
     from toolken_plus.serve.app import create_app
@@ -71,26 +60,26 @@ def _serve(cfg) -> int:
         uvicorn.run(app, host=opts.host, port=opts.port, log_level="info")
     finally:
         agent.close()
-    return 0
 
 
-def serve_main(argv: list[str] | None = None) -> int:
+def serve_main(argv: list[str] | None = None, prog: str = "toolken-plus serve") -> int:
     """`toolken-plus serve [overrides]`: argv are Hydra's (default sys.argv[1:])."""
-    return _hydra_main(_serve, argv)
+    return run_hydra_main(serve_hydra_main, prog, argv)
 
 
-def _chat(cfg) -> int:
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="serve")
+def chat_hydra_main(cfg) -> None:
     from toolken_plus.serve.chat import chat_loop
 
     _, agent = _agent(cfg)
     agent.cfg.progress = False
     with agent:
-        return chat_loop(agent)
+        chat_loop(agent)
 
 
-def chat_main(argv: list[str] | None = None) -> int:
+def chat_main(argv: list[str] | None = None, prog: str = "toolken-plus chat") -> int:
     """`toolken-plus chat [overrides]`: argv are Hydra's (default sys.argv[1:])."""
-    return _hydra_main(_chat, argv, prefix=["stage=chat", "hydra.job.name=chat"])
+    return run_hydra_main(chat_hydra_main, prog, [*CHAT_OVERRIDES, *(sys.argv[1:] if argv is None else argv)])
 
 
 __all__ = ["serve_main", "chat_main"]
