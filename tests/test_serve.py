@@ -23,8 +23,8 @@ from toolken_plus.config.schema import ServeRunConfig
 from toolken_plus.config.validation import config_problems
 from toolken_plus.infer.recipe import load_agent
 from toolken_plus.infer.records import AgentResult, ToolCallRecord
-from toolken_plus.serve import create_app
-from toolken_plus.serve.chat import chat_loop
+from toolken_plus.serve import BatchWorker, create_app
+from toolken_plus.serve.chat import chat_loop, format_reply
 from toolken_plus.serve.openai import chat_completion
 
 QUESTIONS = ["Tom has 3 apples and buys 4 more. How many?", "A car drives 60 miles per hour for 2 hours.",
@@ -182,6 +182,54 @@ def test_chat_loop_answers_each_line_with_its_tool_calls(agent, alone):
     assert alone[QUESTIONS[0]].generation.strip() in text
     for call in alone[QUESTIONS[0]].calls + alone[QUESTIONS[1]].calls:
         assert f"[tool] {call.tool}({call.args_text})" in text
+
+
+def test_format_reply_shows_each_tool_call_its_result_or_error():
+    # the tiny checkpoint may make no calls at all: the [tool] lines are checked here on a synthetic result
+    calls = [ToolCallRecord("multiply", "4096, 27", [4096, 27], "110592"),
+             ToolCallRecord("divide", "1, 0", [1, 0], None, "ZeroDivisionError: division by zero")]
+    result = AgentResult("q", " It is 110592 bolts. ", "It is <multiply>(4096, 27)=110592 bolts.", calls, 110592.0,
+                         "answer", 9, notes=["a note"])
+    assert format_reply(result).splitlines() == [
+        "It is 110592 bolts.",
+        "  [tool] multiply(4096, 27) = 110592",
+        "  [tool] divide(1, 0) failed: ZeroDivisionError: division by zero",
+        "  [answer] 110592.0 (answer, 9 tokens)",
+        "  [note] a note"]
+    assert format_reply(AgentResult("q", "", "")).splitlines()[0] == "(no text)"
+
+
+def test_a_run_admits_at_most_max_run_requests_and_the_rest_are_answered_by_the_next(agent, alone, monkeypatch):
+    worker = BatchWorker(agent, max_batch=2, max_wait_ms=50)
+    assert worker.max_run == BatchWorker.RUN_BATCHES * 2
+    worker.max_run = 4
+    runs = []  # the questions each agent.run_batch call got, in run order (those that joined through `more` too)
+    real = agent.run_batch
+
+    def recording(questions, *args, more, **kwargs):
+        runs.append(list(questions))
+
+        def more_recorded():
+            joined = more()
+            runs[-1] += joined
+            return joined
+
+        return real(questions, *args, more=more_recorded, **kwargs)
+
+    monkeypatch.setattr(agent, "run_batch", recording)
+    n = 10
+    questions = [QUESTIONS[i % len(QUESTIONS)] for i in range(n)]
+    try:
+        futures = [worker.submit(q) for q in questions]
+        replies = [f.result(timeout=300) for f in futures]
+    finally:
+        worker.stop()
+    # every request answered, each with what the agent answers alone
+    assert [r.result.generation for r in replies] == [alone[q].generation for q in questions]
+    assert all(len(run) <= 4 for run in runs) and len(runs) >= 3, runs  # the cap ended runs: 10 requests, <= 4 a run
+    assert [q for run in runs for q in run] == questions  # first come, first served: nothing lost, nothing reordered
+    stats = worker.stats()
+    assert stats["runs"] == len(runs) and stats["largest_run"] <= 4 and stats["answered"] == n and stats["in_flight"] == 0
 
 
 def test_serve_config_composes():

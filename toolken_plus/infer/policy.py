@@ -93,6 +93,12 @@ class DecisionPolicy:
                 longest = max(longest, len(self.encode_start(demos)) + self.cfg.max_arg_tokens)
         return longest + self.cfg.max_new_tokens + self.RESULT_ROOM
 
+    def question_room(self, reserved: int) -> int:
+        """Tokens of the model's context left for a question (may be <= 0)
+        beside `reserved` (see reserved()) and the reasoning prompt's question
+        part around it. Only with a context limit (max_context not None)."""
+        return self.max_context - reserved - len(self.encode(self.prompt.question_part("")))
+
     def prepare(self, row: Row, reserved: int) -> None:
         """Tokenize the row's question part of the reasoning prompt. A question
         that leaves less than `reserved` tokens of the model's context is cut,
@@ -106,7 +112,7 @@ class DecisionPolicy:
         row.start_ids = self.encode(self.prompt.question_part(row.question))
         if self.fits(reserved + len(row.start_ids)):
             return
-        room = self.max_context - reserved - len(self.encode(self.prompt.question_part("")))
+        room = self.question_room(reserved)
         ids = self.encode(row.question.strip())
         kept = ids[-room:] if room > 0 else []
         while kept:

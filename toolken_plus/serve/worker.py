@@ -6,7 +6,11 @@ request, waits up to `max_wait_ms` for others (up to `max_batch`), and hands
 them to one `agent.run_batch` call; requests that arrive while that run
 decodes join it as rows free up (the run's `more` hook), so concurrent
 requests share the agent's continuous batching instead of running one after
-another. Each future gets its result the moment its row finishes.
+another. Each future gets its result the moment its row finishes. A run
+admits at most `max_run` requests (RUN_BATCHES × max_batch): under steady
+traffic it would otherwise never end, and its lists of questions and results
+would grow without bound; later requests stay queued, in order, for the next
+run.
 
 Every request is checked here, in the worker (the only thread that touches
 the tokenizer and the model): a user message longer than the prompt limit
@@ -64,12 +68,15 @@ class BatchWorker:
     above it, means what the model's context leaves for a question beside the
     prompts, agent.max_new_tokens and tool calls (so no question is cut)."""
 
+    RUN_BATCHES = 8  # a run admits at most this many max_batch's worth of requests, then ends
+
     def __init__(self, agent, *, max_batch: int = 16, max_wait_ms: float = 10.0, max_prompt_tokens: int | None = None):
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.agent = agent
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000
+        self.max_run = self.RUN_BATCHES * max_batch  # requests one agent.run_batch call admits at most
         self.max_prompt_tokens = max_prompt_tokens
         self.prompt_limit: int | None = None  # the limit in force, set when the worker starts
         self._limit_why = ""
@@ -77,7 +84,6 @@ class BatchWorker:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._stopping = False
-        self._ready = threading.Event()
         # What /health reports. runs: agent.run_batch calls; requests: questions
         # that went into them (joined: of those, the ones that entered a run
         # already decoding); largest_run: the most questions one run answered.
@@ -97,10 +103,6 @@ class BatchWorker:
         if self._thread is None:
             self._thread = threading.Thread(target=self._main, name="toolken-plus-serve", daemon=True)
             self._thread.start()
-
-    def wait_ready(self, timeout: float | None = None) -> bool:
-        """Block until the worker has set its prompt limit (it tokenizes the prompts first)."""
-        return self._ready.wait(timeout)
 
     def submit(self, question: str) -> Future:
         """Queue a question; the future's result is a Reply (or PromptTooLong,
@@ -136,7 +138,6 @@ class BatchWorker:
             self._set_prompt_limit()
         except Exception:  # the limit is a courtesy: the agent still cuts or skips what does not fit
             log.exception("could not work out the prompt limit")
-        self._ready.set()
         while not self._stopping:
             first = self._queue.get()
             if first is _STOP:
@@ -159,7 +160,7 @@ class BatchWorker:
         policy = self.agent.policy
         room = None
         if policy.max_context is not None:
-            room = policy.max_context - policy.reserved() - len(policy.encode(policy.prompt.question_part("")))
+            room = policy.question_room(policy.reserved())
         limits = [(room, f"what the model's context of {policy.max_context} tokens leaves beside the prompts, "
                          f"agent.max_new_tokens={policy.cfg.max_new_tokens} and tool calls"),
                   (self.max_prompt_tokens, "serve.max_prompt_tokens")]
@@ -201,7 +202,7 @@ class BatchWorker:
             if self._stopping:
                 return []
             arrived = []
-            while True:
+            while len(pending) + len(arrived) < self.max_run:  # the rest wait, queued, for the next run
                 try:
                     item = self._queue.get_nowait()
                 except queue.Empty:
