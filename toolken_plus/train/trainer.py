@@ -220,8 +220,7 @@ class ToolkenTrainer:
         v = self.val
         scores = v.scores(self.head)
         out = {"val/loss": float(factorized_toolken_loss(scores, v.logsumexp, v.gold_logit, v.tool_label))}
-        m = tool_call_metrics(predicted_tools(scores, v.max_logit, float(self.head.logit_bias)), v.tool_label,
-                              self.head.tool_names, prefix="val_epoch/")
+        m = evaluate_head(self.head, v, prefix="val_epoch/", scores=scores)
         out.update({k: m[k] for k in ("val_epoch/precision", "val_epoch/recall", "val_epoch/f1")})
         return out
 
@@ -277,9 +276,12 @@ def read_train_state(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     return state, tensors
 
 
-def evaluate_head(head: ToolkenHead, features: CachedFeatures, *, bias: float | None = None, prefix: str = "val/") -> dict[str, float]:
+def evaluate_head(head: ToolkenHead, features: CachedFeatures, *, bias: float | None = None, prefix: str = "val/",
+                  scores: torch.Tensor | None = None) -> dict[str, float]:
+    """Tool-call metrics of the head at `bias` (default: its own); `scores`:
+    features.scores(head), when the caller has them already."""
     b = float(head.logit_bias) if bias is None else bias
-    pred = predicted_tools(features.scores(head), features.max_logit, b)
+    pred = predicted_tools(features.scores(head) if scores is None else scores, features.max_logit, b)
     return tool_call_metrics(pred, features.tool_label, head.tool_names, prefix=prefix)
 
 
